@@ -1,0 +1,3 @@
+"""open-llm-proxy: an OpenAI-compatible LLM gateway with provider plugins and durable JSONL logs."""
+
+__version__ = "0.2.0"

@@ -1,0 +1,82 @@
+"""The app factory: middlewares, app keys, cleanup contexts and routes, read top to bottom."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+from aiohttp import web
+
+from gateway import info
+from gateway.auth import KeyRing, named_keys
+from gateway.config import Config, ConfigError
+from gateway.cors import Cors
+from gateway.metrics import Metrics
+from gateway.middleware import add_request_id, errors
+from gateway.proxy import route
+from gateway.routing import Router
+from gateway.scrub import Scrubber
+from gateway.state import GATEWAY, Gateway, Recorder
+from gateway.upstream import Upstream
+from providers.base import Endpoint, Provider
+from providers.registry import build_providers, discover
+
+
+def create_app(
+    config: Config,
+    providers: Mapping[str, Provider] | None = None,
+    *,
+    keys: KeyRing | None = None,
+    env: Mapping[str, str] | None = None,
+    recorder: Recorder | None = None,
+) -> web.Application:
+    """Build the gateway. Tests hand in fake providers, keys and environment directly."""
+    env = os.environ if env is None else env
+    if providers is None:
+        providers, problems = build_providers(config.providers, discover(), env)
+        if problems:
+            raise ConfigError(problems)
+    secrets = [s for p in providers.values() for s in p.secrets] + list(named_keys(env).values())
+    gw = Gateway(
+        config,
+        Router(providers, config.default_provider),
+        keys or KeyRing.from_env(env),
+        Scrubber(secrets),
+        Metrics(),
+    )
+    cors = Cors(config.cors)
+
+    app = web.Application(middlewares=[errors, cors.preflight], client_max_size=config.server.max_body_bytes)
+    app[GATEWAY] = gw
+    app[info.CATALOG] = info.ModelCatalog(config.upstream.models_cache_s)
+    app.on_response_prepare.extend([add_request_id, cors.on_prepare])
+    app.cleanup_ctx.append(_http_session)
+    if recorder is not None:
+        gw.recorder = recorder
+    else:
+        from gateway.logs import recorder_context
+
+        app.cleanup_ctx.append(recorder_context(env, secrets))
+
+    app.router.add_post("/v1/chat/completions", route(Endpoint.CHAT))
+    app.router.add_post("/chat", route(Endpoint.CHAT))
+    app.router.add_post("/v1/completions", route(Endpoint.COMPLETIONS))
+    app.router.add_post("/v1/embeddings", route(Endpoint.EMBEDDINGS))
+    app.router.add_post("/llm", route(Endpoint.RAW))
+    app.router.add_get("/v1/models", info.models)
+    app.router.add_get("/health", info.health)
+    app.router.add_get("/livez", info.livez)
+    app.router.add_get("/readyz", info.readyz)
+    app.router.add_get("/metrics", info.metrics)
+    return app
+
+
+async def _http_session(app: web.Application) -> AsyncIterator[None]:
+    """The one client session every provider shares: its pool is the gateway's upstream pool."""
+    gw = app[GATEWAY]
+    settings = gw.config.upstream
+    connector = aiohttp.TCPConnector(limit=settings.max_connections, ttl_dns_cache=300, keepalive_timeout=60)
+    async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+        gw.upstream = Upstream(session, settings, gw.metrics)
+        yield

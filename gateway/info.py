@@ -1,0 +1,104 @@
+"""The gateway's own routes: health, probes, metrics and the model list."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.state import GATEWAY, Gateway
+from providers.base import Provider
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    """`{"status", "providers", "proxy_key_configured", "logging"}`: what an operator checks first."""
+    gw = request.app[GATEWAY]
+    providers = {
+        name: {"configured": p.configured, "endpoint": p.settings.endpoint, "plugin": p.settings.plugin}
+        for name, p in gw.router.providers.items()
+    }
+    logging = gw.recorder.health()
+    status = "draining" if gw.draining else ("degraded" if logging.get("spool_full") else "ok")
+    return _json(
+        {
+            "status": status,
+            "providers": providers,
+            "proxy_key_configured": not gw.keys.open,
+            "default_provider": gw.config.default_provider,
+            "in_flight": gw.in_flight,
+            "logging": logging,
+        }
+    )
+
+
+async def livez(request: web.Request) -> web.Response:
+    """Liveness: the event loop answers."""
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 once draining, so the Service stops sending new calls."""
+    if request.app[GATEWAY].draining:
+        return web.Response(status=503, text="draining")
+    return web.Response(text="ready")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    gw.metrics.in_flight.set(gw.in_flight)
+    return web.Response(body=gw.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+class ModelCatalog:
+    """Configured models plus what each provider's `/models` reports, cached; a down upstream is skipped."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+
+    async def listing(self, gw: Gateway) -> list[dict[str, Any]]:
+        providers = list(gw.router.providers.values())
+        found = await asyncio.gather(*(self._discovered(gw, p) for p in providers))
+        seen: dict[str, dict[str, Any]] = {}
+        for provider, discovered in zip(providers, found, strict=True):
+            for model in provider.settings.models:
+                seen.setdefault(model, _entry(model, provider.name))
+            for entry in discovered:
+                seen.setdefault(entry["id"], entry)
+        return list(seen.values())
+
+    async def _discovered(self, gw: Gateway, provider: Provider) -> list[dict[str, Any]]:
+        target = provider.models_request()
+        if target is None:
+            return []
+        cached = self._cache.get(provider.name)
+        if cached and time.monotonic() - cached[0] < self.ttl_s:
+            return cached[1]
+        data = await gw.upstream.get_json(*target)
+        items = data.get("data") if isinstance(data, dict) else None
+        entries = [
+            _entry(str(m["id"]), provider.name) for m in items or () if isinstance(m, dict) and "id" in m
+        ]
+        # A failed discovery is cached briefly too, so a down upstream does not slow every listing.
+        self._cache[provider.name] = (time.monotonic() - (0 if entries else self.ttl_s * 0.9), entries)
+        return entries
+
+
+def _entry(model: str, provider: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": provider}
+
+
+CATALOG = web.AppKey("catalog", ModelCatalog)
+
+
+async def models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    gw.keys.authenticate(request.headers.get("Authorization"))
+    return _json({"object": "list", "data": await request.app[CATALOG].listing(gw)})

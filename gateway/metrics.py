@@ -1,0 +1,68 @@
+"""Prometheus metrics, one registry per app (no globals), with bounded label sets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200)
+TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+MAX_MODELS = 200  # clients choose model names; past this many, further ones are counted as "other"
+
+
+class Metrics:
+    """The gateway's counters, histograms and gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "Proxied calls answered", ["provider", "model", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Whole call duration, to the last byte",
+            ["provider", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "gateway_time_to_first_chunk_seconds",
+            "Time until the first upstream body bytes",
+            ["provider", "model"],
+            buckets=TTFB_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors", "Failed upstream attempts", ["provider", "reason"], registry=r
+        )
+        self.retries = Counter(
+            "gateway_upstream_retries", "Upstream attempts retried", ["provider"], registry=r
+        )
+        self.open_streams = Gauge(
+            "gateway_open_streams", "Streams being relayed now", ["provider"], registry=r
+        )
+        self.in_flight = Gauge("gateway_in_flight_requests", "Calls being handled now", registry=r)
+        self._models: set[str] = set()
+
+    def model_label(self, model: str | None) -> str:
+        """The model as a label value, folding names past MAX_MODELS into "other"."""
+        if not model:
+            return "none"
+        if model in self._models:
+            return model
+        if len(self._models) < MAX_MODELS:
+            self._models.add(model)
+            return model
+        return "other"
+
+    def observe_call(
+        self, provider: str, model: str, status: int, seconds: float, ttfb: float | None
+    ) -> None:
+        """Count one finished call."""
+        self.requests.labels(provider, model, str(status)).inc()
+        self.latency.labels(provider, model).observe(seconds)
+        if ttfb is not None:
+            self.ttfb.labels(provider, model).observe(ttfb)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

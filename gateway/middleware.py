@@ -1,0 +1,52 @@
+"""The one error middleware: every failure leaves as an OpenAI-shaped error with an `X-Request-Id`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import orjson
+from aiohttp import web
+
+from gateway.cors import Handler
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge, error_body
+from gateway.state import REQUEST_ID
+
+log = logging.getLogger("gateway")
+
+
+def error_response(error: GatewayError) -> web.Response:
+    return web.Response(status=error.status, body=orjson.dumps(error.body()), content_type="application/json")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request its id, and render whatever goes wrong in OpenAI's error shape."""
+    request[REQUEST_ID] = os.urandom(16).hex()
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc)
+    except web.HTTPMethodNotAllowed as exc:
+        return error_response(MethodNotAllowed(f"{exc.method} is not allowed on {request.path}."))
+    except web.HTTPNotFound:
+        return error_response(NotFound(f"No route {request.method} {request.path}."))
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(PayloadTooLarge("The request body is larger than this gateway accepts."))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = error_body(exc.reason, "invalid_request_error" if exc.status < 500 else "server_error")
+        return web.Response(status=exc.status, body=orjson.dumps(body), content_type="application/json")
+    except Exception:
+        # A bug of ours: said loudly in the server log, never with request contents.
+        log.exception(
+            "unhandled error in %s %s (request %s)", request.method, request.path, request[REQUEST_ID]
+        )
+        body = error_body("The gateway failed internally.", "server_error", code="internal_error")
+        return web.Response(status=500, body=orjson.dumps(body), content_type="application/json")
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    if REQUEST_ID in request:
+        response.headers["X-Request-Id"] = request[REQUEST_ID]

@@ -1,0 +1,37 @@
+"""Keeping secrets out of everything that leaves the gateway: client error bodies, logs, records."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+REDACTED = "[REDACTED]"
+# Shapes of credentials worth hiding even when we do not know the value: bearer tokens, vendor keys.
+_KEY_LIKE = re.compile(
+    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{12,}"
+    r"|\b(?:sk|pk|rk|or|olp)-[A-Za-z0-9_-]{16,}"
+    r"|\bAKIA[0-9A-Z]{16}\b"
+)
+
+
+class Scrubber:
+    """Replaces known secret values and key-like strings."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret that contains another is replaced whole.
+        self.secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        self._bytes = tuple(s.encode() for s in self.secrets)
+
+    def text(self, value: str) -> str:
+        """`value` with every known secret and key-like string replaced."""
+        for secret in self.secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return _KEY_LIKE.sub(lambda m: (m.group(1) or "") + REDACTED, value)
+
+    def raw(self, value: bytes) -> bytes:
+        """Known secrets replaced in raw bytes (cheap: used on every upstream error body)."""
+        for secret in self._bytes:
+            if secret in value:
+                value = value.replace(secret, REDACTED.encode())
+        return value

@@ -1,0 +1,72 @@
+"""The typed keys the app and its requests carry, and the state the handlers share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiohttp import web
+
+from gateway.auth import KeyRing
+from gateway.calls import Call
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.routing import Router
+from gateway.scrub import Scrubber
+from gateway.upstream import Upstream
+
+
+class Recorder(Protocol):
+    """Where a call's two records go: `request` on arrival, `response` when it is over."""
+
+    def request(self, call: Call) -> None: ...
+
+    def response(self, call: Call) -> None: ...
+
+    def health(self) -> dict[str, object]: ...
+
+
+class NullRecorder:
+    """Records nothing (logging disabled)."""
+
+    def request(self, call: Call) -> None:
+        pass
+
+    def response(self, call: Call) -> None:
+        pass
+
+    def health(self) -> dict[str, object]:
+        return {"enabled": False}
+
+
+@dataclass(eq=False)
+class Gateway:
+    """Everything a handler needs, built once per app."""
+
+    config: Config
+    router: Router
+    keys: KeyRing
+    scrubber: Scrubber
+    metrics: Metrics
+    upstream: Upstream = field(init=False)
+    recorder: Recorder = field(default_factory=NullRecorder)
+    in_flight: int = 0
+    draining: bool = False
+
+    def log_request(self, call: Call) -> None:
+        """Write the call's request record, once."""
+        if not call.request_logged:
+            call.request_logged = True
+            self.recorder.request(call)
+
+    def finish(self, call: Call) -> None:
+        """Close the books on a call: its request record if not yet written, its response record, metrics."""
+        self.log_request(call)
+        self.recorder.response(call)
+        model = self.metrics.model_label(call.model)
+        ttfb = None if call.first_byte is None else call.first_byte - call.started
+        self.metrics.observe_call(call.provider or "none", model, call.status, call.latency_ms / 1000, ttfb)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_ID = web.RequestKey("request_id", str)

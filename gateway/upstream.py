@@ -1,0 +1,122 @@
+"""Talking to providers: one shared connection pool, timeouts, retries before the first byte.
+
+This is the one place where aiohttp's client exceptions become the gateway's own (`UpstreamError`,
+`UpstreamTimeout`), so nothing above it needs to know aiohttp's exception tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import random
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from gateway.config import UpstreamSettings
+from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.metrics import Metrics
+from providers.base import UpstreamRequest
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class Upstream:
+    """Sends upstream requests through the shared session, retrying what is safe to retry."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings, metrics: Metrics) -> None:
+        self.session = session
+        self.settings = settings
+        self.metrics = metrics
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.first_byte_timeout_s
+        )
+
+    async def send(
+        self, request: UpstreamRequest, provider: str, *, retry: bool = True
+    ) -> aiohttp.ClientResponse:
+        """The upstream's response (any status) once its headers arrive; raises UpstreamError when none came.
+
+        429, 5xx and connection failures are retried with backoff, honouring Retry-After, because nothing
+        has reached the client yet; the last attempt's response is returned as it is.
+        """
+        attempts = 1 + (self.settings.retries if retry else 0)
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await self.session.post(
+                    request.url, data=request.body, headers=request.headers, timeout=self.timeout
+                )
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                failure = self._failure(exc, provider)
+                if attempt == attempts:
+                    raise failure from exc
+                wait = self._backoff(attempt)
+            else:
+                if response.status not in RETRY_STATUSES or attempt == attempts:
+                    return response
+                self.metrics.upstream_errors.labels(provider, f"http_{response.status}").inc()
+                wait = retry_after(response.headers.get("Retry-After"), self._backoff(attempt))
+                response.release()
+            self.metrics.retries.labels(provider).inc()
+            await asyncio.sleep(min(wait, self.settings.retry_max_wait_s))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failure(self, exc: BaseException, provider: str) -> UpstreamError:
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            self.metrics.upstream_errors.labels(provider, "timeout").inc()
+            return UpstreamTimeout(f"The provider {provider!r} did not answer in time.")
+        self.metrics.upstream_errors.labels(provider, "connection").inc()
+        return UpstreamError(f"Could not reach the provider {provider!r}: {type(exc).__name__}.")
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.settings.retry_backoff_s * 2 ** (attempt - 1)
+        return base * (0.5 + random.random() / 2)  # jitter, so retries from many calls spread out
+
+    async def chunks(self, response: aiohttp.ClientResponse, provider: str) -> AsyncIterator[bytes]:
+        """The response body as it arrives; a silence longer than idle_timeout_s raises UpstreamTimeout."""
+        idle = self.settings.idle_timeout_s
+        read = response.content.readany
+        try:
+            while True:
+                async with asyncio.timeout(idle):
+                    data = await read()
+                if not data:
+                    return
+                yield data
+        except TimeoutError as exc:
+            self.metrics.upstream_errors.labels(provider, "idle_timeout").inc()
+            raise UpstreamTimeout(
+                f"The provider {provider!r} went silent for {idle:g} s mid-answer."
+            ) from exc
+        except aiohttp.ClientError as exc:
+            self.metrics.upstream_errors.labels(provider, "broken_stream").inc()
+            raise UpstreamError(
+                f"The provider {provider!r} broke off the answer: {type(exc).__name__}."
+            ) from exc
+
+    async def read(self, response: aiohttp.ClientResponse, provider: str) -> bytes:
+        """The whole body, mapping failures like `chunks` does."""
+        parts = [chunk async for chunk in self.chunks(response, provider)]
+        return b"".join(parts)
+
+    async def get_json(self, url: str, headers: dict[str, str]) -> object:
+        """A small GET (model discovery), bounded by the connect timeout; None on any failure."""
+        timeout = aiohttp.ClientTimeout(total=max(5.0, self.settings.connect_timeout_s))
+        with contextlib.suppress(Exception):
+            async with self.session.get(url, headers=headers, timeout=timeout) as response:
+                if response.status == 200:
+                    return await response.json(content_type=None)
+        return None
+
+
+def retry_after(value: str | None, fallback: float) -> float:
+    """Seconds to wait from a Retry-After header (seconds or HTTP date), else `fallback`."""
+    if not value:
+        return fallback
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else fallback

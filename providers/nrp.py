@@ -1,0 +1,32 @@
+"""NRP's hosted models (the National Research Platform's managed LLM service)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from providers.base import Provider, ProviderSettings
+
+
+class NRPProvider(Provider):
+    """NRP: thinking via `chat_template_kwargs`, and a `cache_salt` to keep prefix caches per deployment."""
+
+    name = "nrp"
+    defaults = {
+        "endpoint": "https://ellm.nrp-nautilus.io/v1/chat/completions",
+        "api_key_env": "NRP_API_KEY",
+        "models": ["kimi", "qwen3", "glm-4.7"],
+        "model_prefixes": [],
+        "thinking_models": {"kimi": "thinking", "qwen3": "enable_thinking", "glm-4.7": "enable_thinking"},
+    }
+
+    def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
+        super().__init__(settings, env)
+        # vLLM keys its prefix cache by salt: one deployment never shares cached prompts with another.
+        self.cache_salt = env.get("CACHE_SALT") or None
+
+    def adjust_body(self, body: dict[str, Any], model: str) -> bool:
+        if self.cache_salt and "cache_salt" not in body:
+            body["cache_salt"] = self.cache_salt
+            return True
+        return False

@@ -1,0 +1,265 @@
+"""A fake OpenAI-compatible LLM server that speaks SSE the way vLLM and OpenRouter do.
+
+It is the only fake in the test suite: everything else is real. Each answer is a `Reply`, chosen by
+`FakeUpstream.responder(body)`; the default responder reads an optional `"fake": {...}` object from the
+request body (so tests that drive the gateway as a subprocess can steer it), else answers with a short text.
+
+Run on its own: `python tests/fake_upstream.py --port 18000`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    """What the fake answers to one request."""
+
+    content: str = "Hello from the fake upstream."
+    reasoning: str = ""
+    reasoning_field: str = "reasoning_content"  # vLLM >= 0.10 says "reasoning"
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "arguments": str}]
+    status: int = 200
+    error: bytes | None = None  # the raw error body when status >= 400
+    headers: dict[str, str] = field(default_factory=dict)
+    chunk_delay: float = 0.0
+    chunks: int = 0  # split content into this many chunks (0: one per word)
+    comments: bool = False  # OpenRouter's ": OPENROUTER PROCESSING" keep-alive lines
+    finish_reason: str = ""
+    cost: float | None = None  # OpenRouter reports usage.cost
+    delay: float = 0.0  # before the response headers
+    abort_after: int | None = None  # close the connection after this many chunks
+    model: str = ""
+
+
+def default_responder(body: dict[str, Any]) -> Reply:
+    spec = body.get("fake") or {}
+    known = {f.name for f in fields(Reply)}
+    reply = Reply(**{k: v for k, v in spec.items() if k in known})
+    if isinstance(reply.error, str):
+        reply.error = reply.error.encode()
+    return reply
+
+
+class FakeUpstream:
+    """The server: `app` to run, `requests` to inspect, `gate` to pace streams chunk by chunk."""
+
+    def __init__(self, responder: Callable[[dict[str, Any]], Reply] = default_responder) -> None:
+        self.responder = responder
+        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body", "raw"}
+        self.disconnects = 0
+        self.disconnected = asyncio.Event()
+        self.gate: asyncio.Queue[None] | None = None  # when set, each stream chunk waits for a token
+        self.models = ["fake-model"]
+        self._ids = itertools.count(1)
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/v1/completions", self.completions)
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.app.router.add_get("/v1/models", self.list_models)
+        self.app.router.add_get("/_requests", self.dump_requests)
+
+    async def _take(self, request: web.Request) -> tuple[dict[str, Any], Reply]:
+        raw = await request.read()
+        body = orjson.loads(raw) if raw else {}
+        self.requests.append(
+            {"path": request.path, "headers": dict(request.headers), "body": body, "raw": raw}
+        )
+        reply = self.responder(body)
+        if reply.delay:
+            await self._wait(reply.delay)
+        return body, reply
+
+    async def _wait(self, seconds: float) -> None:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self._mark_disconnect()
+            raise
+
+    def _mark_disconnect(self) -> None:
+        self.disconnects += 1
+        self.disconnected.set()
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body, reply = await self._take(request)
+        if reply.status >= 400:
+            return self._error(reply)
+        model = reply.model or body.get("model", "fake-model")
+        if body.get("stream"):
+            return await self._stream(request, body, reply, model)
+        return web.Response(
+            body=orjson.dumps(self._completion(body, reply, model)), headers=_json_headers(reply)
+        )
+
+    def _error(self, reply: Reply) -> web.Response:
+        raw = reply.error or orjson.dumps({"error": {"message": "fake failure", "type": "server_error"}})
+        return web.Response(status=reply.status, body=raw, headers=_json_headers(reply))
+
+    def _completion(self, body: dict[str, Any], reply: Reply, model: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content or None}
+        if reply.reasoning:
+            message[reply.reasoning_field] = reply.reasoning
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{i}",
+                    "type": "function",
+                    "function": {"name": t["name"], "arguments": t["arguments"]},
+                }
+                for i, t in enumerate(reply.tool_calls)
+            ]
+        return {
+            "id": f"chatcmpl-fake-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": _finish(reply)}],
+            "usage": _usage(body, reply),
+        }
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], reply: Reply, model: str
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **reply.headers})
+        await response.prepare(request)
+        base = {
+            "id": f"chatcmpl-fake-{next(self._ids)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        sent = 0
+        try:
+            for event in self._events(body, reply, base):
+                if reply.abort_after is not None and sent >= reply.abort_after:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                if self.gate is not None:
+                    await self.gate.get()
+                elif reply.chunk_delay and sent:
+                    await asyncio.sleep(reply.chunk_delay)
+                await response.write(event)
+                sent += 1
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self._mark_disconnect()
+            raise
+        return response
+
+    def _events(self, body: dict[str, Any], reply: Reply, base: dict[str, Any]) -> list[bytes]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            data = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return b"data: " + orjson.dumps(data) + b"\n\n"
+
+        events = [chunk({"role": "assistant", "content": ""})]
+        if reply.comments:
+            events.append(b": OPENROUTER PROCESSING\n\n")
+        events += [chunk({reply.reasoning_field: piece}) for piece in _pieces(reply.reasoning, 0)]
+        events += [chunk({"content": piece}) for piece in _pieces(reply.content, reply.chunks)]
+        for i, call in enumerate(reply.tool_calls):
+            head = {
+                "index": i,
+                "id": f"call_{i}",
+                "type": "function",
+                "function": {"name": call["name"], "arguments": ""},
+            }
+            events.append(chunk({"tool_calls": [head]}))
+            for piece in _pieces(call["arguments"], 3):
+                events.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+        events.append(chunk({}, _finish(reply)))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append(
+                b"data: " + orjson.dumps({**base, "choices": [], "usage": _usage(body, reply)}) + b"\n\n"
+            )
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    async def completions(self, request: web.Request) -> web.Response:
+        body, reply = await self._take(request)
+        if reply.status >= 400:
+            return self._error(reply)
+        data = {
+            "id": f"cmpl-fake-{next(self._ids)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "usage": _usage(body, reply),
+            "choices": [{"index": 0, "text": reply.content, "finish_reason": "stop", "logprobs": None}],
+        }
+        return web.json_response(data, dumps=lambda o: orjson.dumps(o).decode())
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body, _ = await self._take(request)
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))]
+        usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+        out = {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
+        return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def dump_requests(self, request: web.Request) -> web.Response:
+        safe = [{k: v for k, v in r.items() if k != "raw"} for r in self.requests]
+        return web.Response(body=orjson.dumps(safe), content_type="application/json")
+
+
+def _json_headers(reply: Reply) -> dict[str, str]:
+    return {"Content-Type": "application/json", **reply.headers}
+
+
+def _finish(reply: Reply) -> str:
+    return reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+
+
+def _pieces(text: str, count: int) -> list[str]:
+    if not text:
+        return []
+    if count <= 0:
+        words = text.split(" ")
+        return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+    size = max(1, -(-len(text) // count))
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _usage(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    prompt = sum(
+        len(str(m.get("content") or "").split()) for m in body.get("messages", []) if isinstance(m, dict)
+    )
+    completion = len(reply.content.split()) + len(reply.reasoning.split())
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if reply.reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": len(reply.reasoning.split())}
+    if reply.cost is not None:
+        usage["cost"] = reply.cost
+    return usage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18000)
+    args = parser.parse_args()
+    web.run_app(FakeUpstream().app, host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()
