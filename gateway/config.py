@@ -57,6 +57,7 @@ class CorsSettings:
 
 @dataclass(frozen=True)
 class LoggingSettings:
+    enabled: bool = True
     flush_interval_s: float = 300.0
     spool_dir: str = "logs"
     capture: str = "summary"

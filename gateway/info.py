@@ -69,7 +69,7 @@ class ModelCatalog:
         seen: dict[str, dict[str, Any]] = {}
         for provider, discovered in zip(providers, found, strict=True):
             for model in provider.settings.models:
-                seen.setdefault(model, _entry(model, provider.name))
+                seen.setdefault(model, _entry(model, provider.id))
             for entry in discovered:
                 seen.setdefault(entry["id"], entry)
         return list(seen.values())
@@ -78,16 +78,16 @@ class ModelCatalog:
         target = provider.models_request()
         if target is None:
             return []
-        cached = self._cache.get(provider.name)
+        cached = self._cache.get(provider.id)
         if cached and time.monotonic() - cached[0] < self.ttl_s:
             return cached[1]
         data = await gw.upstream.get_json(*target)
         items = data.get("data") if isinstance(data, dict) else None
         entries = [
-            _entry(str(m["id"]), provider.name) for m in items or () if isinstance(m, dict) and "id" in m
+            _entry(str(m["id"]), provider.id) for m in items or () if isinstance(m, dict) and "id" in m
         ]
         # A failed discovery is cached briefly too, so a down upstream does not slow every listing.
-        self._cache[provider.name] = (time.monotonic() - (0 if entries else self.ttl_s * 0.9), entries)
+        self._cache[provider.id] = (time.monotonic() - (0 if entries else self.ttl_s * 0.9), entries)
         return entries
 
 

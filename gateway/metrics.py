@@ -42,6 +42,18 @@ class Metrics:
             "gateway_open_streams", "Streams being relayed now", ["provider"], registry=r
         )
         self.in_flight = Gauge("gateway_in_flight_requests", "Calls being handled now", registry=r)
+        self.log_records = Counter("gateway_log_records", "Log records built and written", registry=r)
+        self.log_record_failures = Counter(
+            "gateway_log_record_failures", "Records that could not be built", registry=r
+        )
+        self.log_records_not_spooled = Counter(
+            "gateway_log_records_not_spooled", "Records kept off the full spool (stdout only)", registry=r
+        )
+        self.log_records_uploaded = Counter(
+            "gateway_log_records_uploaded", "Records shipped to S3", registry=r
+        )
+        self.log_upload_failures = Counter("gateway_log_upload_failures", "Failed upload rounds", registry=r)
+        self.log_spool_bytes = Gauge("gateway_log_spool_bytes", "Bytes waiting in the spool", registry=r)
         self._models: set[str] = set()
 
     def model_label(self, model: str | None) -> str:

@@ -78,9 +78,9 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
     provider = gw.router.default if call.endpoint is Endpoint.RAW else gw.router.resolve(call.model or "")
     if provider is None:
         raise InvalidRequest("This deployment has no default provider for /llm.", code="no_default_provider")
-    call.provider = provider.name
+    call.provider = provider.id
     if not provider.settings.endpoint:
-        raise ProviderUnavailable(f"The provider {provider.name!r} has no endpoint configured.")
+        raise ProviderUnavailable(f"The provider {provider.id!r} has no endpoint configured.")
     gw.log_request(call)
     provider, upstream, strip_usage = await _send(gw, call, provider, body, raw)
     done = False
@@ -155,7 +155,7 @@ async def _send(
         attempt_body = {**body, "model": candidate} if len(candidates) > 1 else body
         request, strip_usage = _build(call, provider, attempt_body, raw if not i else b"", candidate)
         try:
-            response = await gw.upstream.send(request, provider.name, retry=call.endpoint is not Endpoint.RAW)
+            response = await gw.upstream.send(request, provider.id, retry=call.endpoint is not Endpoint.RAW)
         except GatewayError:
             if last:
                 raise
@@ -163,7 +163,7 @@ async def _send(
         if response.status in RETRY_STATUSES and not last:
             response.release()
             continue
-        call.provider, call.model = provider.name, candidate or call.model
+        call.provider, call.model = provider.id, candidate or call.model
         return provider, response, strip_usage
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -13,6 +13,8 @@ _KEY_LIKE = re.compile(
     r"|\bAKIA[0-9A-Z]{16}\b"
 )
 
+_KEY_LIKE_BYTES = re.compile(_KEY_LIKE.pattern.encode())
+
 
 class Scrubber:
     """Replaces known secret values and key-like strings."""
@@ -28,6 +30,13 @@ class Scrubber:
             if secret in value:
                 value = value.replace(secret, REDACTED)
         return _KEY_LIKE.sub(lambda m: (m.group(1) or "") + REDACTED, value)
+
+    def line(self, value: bytes) -> bytes:
+        """A serialized record with secrets and key-like strings replaced (one pass over the whole line)."""
+        value = self.raw(value)
+        if _KEY_LIKE_BYTES.search(value) is None:
+            return value
+        return _KEY_LIKE_BYTES.sub(lambda m: (m.group(1) or b"") + REDACTED.encode(), value)
 
     def raw(self, value: bytes) -> bytes:
         """Known secrets replaced in raw bytes (cheap: used on every upstream error body)."""

@@ -65,13 +65,14 @@ class UpstreamRequest:
 class Provider:
     """OpenAI-compatible upstream; subclasses change `name`, `defaults` and a hook or two."""
 
-    name: ClassVar[str] = "openai"
+    name: ClassVar[str] = "openai"  # the entry-point name this plugin is registered under
     defaults: ClassVar[Mapping[str, Any]] = {}
     thinking_kwarg: ClassVar[str | None] = None  # chat_template_kwargs key for models not in thinking_models
     accepts_stream_usage: ClassVar[bool] = True  # honours stream_options.include_usage
 
     def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:
         self.settings = settings
+        self.id = settings.name  # the config section's name; `name` is the plugin's
         self.api_key = env.get(settings.api_key_env) if settings.api_key_env else None
         self.base_url = (settings.endpoint or "").removesuffix("/").removesuffix("/chat/completions")
         self.headers = {**self.auth_headers(self.api_key), **settings.extra_headers}
