@@ -1,8 +1,10 @@
 """A fake OpenAI-compatible LLM server that speaks SSE the way vLLM and OpenRouter do.
 
-It is the only fake in the test suite: everything else is real. Each answer is a `Reply`, chosen by
-`FakeUpstream.responder(body)`; the default responder reads an optional `"fake": {...}` object from the
-request body (so tests that drive the gateway as a subprocess can steer it), else answers with a short text.
+It is the only fake in the test suite: everything else is real. Each answer is a `Reply`: the next one
+queued with `FakeUpstream.queue(...)` (say, two failures before the responder's answer), else the one
+`FakeUpstream.responder(body)` chooses; the default responder reads an optional `"fake": {...}` object from
+the request body (so tests that drive the gateway as a subprocess can steer it), else answers with a short
+text. Every request is kept in `requests` with the bytes sent back, so tests can compare exact bytes.
 
 Run on its own: `python tests/fake_upstream.py --port 18000`.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import time
 from collections.abc import Callable
@@ -39,6 +42,8 @@ class Reply:
     cost: float | None = None  # OpenRouter reports usage.cost
     delay: float = 0.0  # before the response headers
     abort_after: int | None = None  # close the connection after this many chunks
+    drop: bool = False  # close the connection without answering at all
+    echo_key: bool = False  # the error body quotes the request's Authorization header, as careless servers do
     model: str = ""
 
 
@@ -56,11 +61,14 @@ class FakeUpstream:
 
     def __init__(self, responder: Callable[[dict[str, Any]], Reply] = default_responder) -> None:
         self.responder = responder
-        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body", "raw"}
+        self.url = ""  # the base URL, once something serves `app`
+        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body", "raw", "at", "sent"}
+        self.queued: collections.deque[Reply] = collections.deque()
         self.disconnects = 0
         self.disconnected = asyncio.Event()
         self.gate: asyncio.Queue[None] | None = None  # when set, each stream chunk waits for a token
         self.models = ["fake-model"]
+        self.model_listings = 0
         self._ids = itertools.count(1)
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/v1/chat/completions", self.chat)
@@ -69,16 +77,37 @@ class FakeUpstream:
         self.app.router.add_get("/v1/models", self.list_models)
         self.app.router.add_get("/_requests", self.dump_requests)
 
+    def queue(self, *replies: Reply) -> None:
+        """Answer the next requests with `replies`, in order, before the responder has its say again."""
+        self.queued.extend(replies)
+
     async def _take(self, request: web.Request) -> tuple[dict[str, Any], Reply]:
         raw = await request.read()
         body = orjson.loads(raw) if raw else {}
         self.requests.append(
-            {"path": request.path, "headers": dict(request.headers), "body": body, "raw": raw}
+            {
+                "path": request.path,
+                "headers": dict(request.headers),
+                "body": body,
+                "raw": raw,
+                "at": time.monotonic(),
+                "sent": [],
+            }
         )
-        reply = self.responder(body)
+        reply = self.queued.popleft() if self.queued else self.responder(body)
         if reply.delay:
             await self._wait(reply.delay)
+        if reply.drop:
+            assert request.transport is not None
+            request.transport.close()
+        if reply.echo_key:
+            said = request.headers.get("Authorization", "")
+            reply.error = orjson.dumps({"error": {"message": f"key {said} is over quota", "type": "quota"}})
         return body, reply
+
+    def _sent(self, data: bytes) -> bytes:
+        self.requests[-1]["sent"].append(data)
+        return data
 
     async def _wait(self, seconds: float) -> None:
         try:
@@ -98,13 +127,12 @@ class FakeUpstream:
         model = reply.model or body.get("model", "fake-model")
         if body.get("stream"):
             return await self._stream(request, body, reply, model)
-        return web.Response(
-            body=orjson.dumps(self._completion(body, reply, model)), headers=_json_headers(reply)
-        )
+        raw = self._sent(orjson.dumps(self._completion(body, reply, model)))
+        return web.Response(body=raw, headers=_json_headers(reply))
 
     def _error(self, reply: Reply) -> web.Response:
         raw = reply.error or orjson.dumps({"error": {"message": "fake failure", "type": "server_error"}})
-        return web.Response(status=reply.status, body=raw, headers=_json_headers(reply))
+        return web.Response(status=reply.status, body=self._sent(raw), headers=_json_headers(reply))
 
     def _completion(self, body: dict[str, Any], reply: Reply, model: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": reply.content or None}
@@ -150,7 +178,7 @@ class FakeUpstream:
                     await self.gate.get()
                 elif reply.chunk_delay and sent:
                     await asyncio.sleep(reply.chunk_delay)
-                await response.write(event)
+                await response.write(self._sent(event))
                 sent += 1
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
@@ -210,11 +238,12 @@ class FakeUpstream:
         return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
 
     async def list_models(self, request: web.Request) -> web.Response:
+        self.model_listings += 1
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
     async def dump_requests(self, request: web.Request) -> web.Response:
-        safe = [{k: v for k, v in r.items() if k != "raw"} for r in self.requests]
+        safe = [{k: v for k, v in r.items() if k not in ("raw", "sent")} for r in self.requests]
         return web.Response(body=orjson.dumps(safe), content_type="application/json")
 
 

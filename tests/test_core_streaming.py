@@ -1,0 +1,164 @@
+"""Streaming: upstream SSE bytes reach the client unchanged as they arrive; failures end in an error event."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+from conftest import (
+    AUTH,
+    CHAT,
+    FAST_UPSTREAM,
+    MakeGateway,
+    RunningGateway,
+    event_json,
+    gateway_config,
+    read_events,
+)
+from fake_upstream import FakeUpstream, Reply
+
+STREAM = {**CHAT, "stream": True}
+STEP_S = 5  # a bound on each step, so a gateway that buffers or hangs fails instead of waiting forever
+
+
+def _usage_event(event: bytes) -> bool:
+    return (
+        event.startswith(b"data: {")
+        and event_json(event).get("choices") == []
+        and "usage" in event_json(event)
+    )
+
+
+async def test_stream_bytes_are_the_upstreams_minus_only_the_usage_chunk_the_gateway_asked_for(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    body = {**STREAM, "fake": {"content": "one two three four", "reasoning": "hmm ok", "comments": True}}
+    async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert response.headers["Cache-Control"] == "no-cache"
+        assert response.headers["X-Accel-Buffering"] == "no"
+        received = await response.read()
+    sent = fake_upstream.requests[0]["sent"]
+    # The gateway asked for usage (to log tokens) although the client did not; that chunk alone is held back.
+    assert fake_upstream.requests[0]["body"]["stream_options"] == {"include_usage": True}
+    usage = [e for e in sent if _usage_event(e)]
+    assert len(usage) == 1
+    assert received == b"".join(e for e in sent if e not in usage)
+    assert b": OPENROUTER PROCESSING\n\n" in received
+    assert received.endswith(b"data: [DONE]\n\n")
+    # ... and the gateway still knows the usage it held back.
+    assert gateway.recorder.responses()[0].answer.usage == event_json(usage[0])["usage"]
+
+
+async def test_a_client_that_asks_for_usage_gets_every_byte_including_usage(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    raw = orjson.dumps({**STREAM, "stream_options": {"include_usage": True}})
+    async with http.post(gateway.url + "/v1/chat/completions", data=raw, headers=AUTH) as response:
+        received = await response.read()
+    sent = fake_upstream.requests[0]["sent"]
+    assert received == b"".join(sent)
+    assert sum(_usage_event(e) for e in sent) == 1
+    # Nothing needed changing, so the upstream got the client's own bytes.
+    assert fake_upstream.requests[0]["raw"] == raw
+
+
+async def test_each_chunk_reaches_the_client_before_the_upstream_sends_the_next(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    fake_upstream.gate = asyncio.Queue()
+    body = {**STREAM, "stream_options": {"include_usage": True}, "fake": {"content": "a b c d e"}}
+    async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+        assert response.status == 200
+        received: list[bytes] = []
+        while True:
+            sent = fake_upstream.requests[0]["sent"]
+            assert len(sent) == len(received)  # the fake is waiting for the next token
+            fake_upstream.gate.put_nowait(None)
+            event = await asyncio.wait_for(response.content.readuntil(b"\n\n"), STEP_S)
+            received.append(event)
+            assert event == sent[len(received) - 1]
+            if event == b"data: [DONE]\n\n":
+                break
+        assert await asyncio.wait_for(response.read(), STEP_S) == b""
+    contents = [event_json(e)["choices"][0]["delta"].get("content") for e in received[1:6]]
+    assert contents == ["a ", "b ", "c ", "d ", "e"]
+
+
+async def test_open_streams_gauge_counts_a_stream_while_it_runs(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    fake_upstream.gate = asyncio.Queue()
+    fake_upstream.gate.put_nowait(None)
+    async with http.post(gateway.url + "/v1/chat/completions", json=STREAM, headers=AUTH) as response:
+        await asyncio.wait_for(response.content.readuntil(b"\n\n"), STEP_S)
+        assert gateway.gw.metrics.open_streams.labels("fake")._value.get() == 1
+        assert gateway.gw.in_flight == 1
+        for _ in range(20):
+            fake_upstream.gate.put_nowait(None)
+        await asyncio.wait_for(response.read(), STEP_S)
+    assert gateway.gw.metrics.open_streams.labels("fake")._value.get() == 0
+    assert gateway.gw.in_flight == 0
+
+
+async def test_upstream_failure_after_the_first_byte_ends_with_one_openai_error_event(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    body = {**STREAM, "fake": {"content": "one two three four five", "abort_after": 3}}
+    async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+        assert response.status == 200
+        events = await asyncio.wait_for(read_events(response), STEP_S)
+    sent = fake_upstream.requests[0]["sent"]
+    assert len(sent) == 3
+    assert events[:3] == sent
+    assert len(events) == 4
+    error = event_json(events[3])["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "upstream_error"
+    assert b"[DONE]" not in b"".join(events)
+    call = gateway.recorder.responses()[0]
+    assert call.error == error["message"]
+    assert call.answer.text == "one two "
+
+
+async def test_an_upstream_silent_too_long_mid_stream_gives_an_error_event(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    raw_config = gateway_config(fake_upstream.url, upstream={**FAST_UPSTREAM, "idle_timeout_s": 0.3})
+    gateway = await make_gateway(raw_config)
+    fake_upstream.gate = asyncio.Queue()
+    for _ in range(2):
+        fake_upstream.gate.put_nowait(None)  # two chunks, then silence
+    async with http.post(gateway.url + "/v1/chat/completions", json=STREAM, headers=AUTH) as response:
+        events = await asyncio.wait_for(read_events(response), STEP_S)
+    assert events[:2] == fake_upstream.requests[0]["sent"]
+    assert len(events) == 3
+    error = event_json(events[2])["error"]
+    assert error["code"] == "upstream_timeout"
+    assert "silent" in error["message"]
+
+
+async def test_upstream_error_status_on_a_stream_request_comes_back_as_json(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    error = b'{"error": {"message": "context too long", "type": "invalid_request_error", "code": 400}}'
+    fake_upstream.queue(Reply(status=400, error=error))
+    async with http.post(gateway.url + "/v1/chat/completions", json=STREAM, headers=AUTH) as response:
+        assert response.status == 400
+        assert response.content_type == "application/json"
+        assert await response.read() == error
+
+
+async def test_a_streamed_tool_call_passes_through_and_is_reassembled_for_the_record(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    call = {"name": "get_weather", "arguments": '{"city": "Berkeley", "unit": "C"}'}
+    body = {**STREAM, "fake": {"content": "", "tool_calls": [call]}}
+    async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+        received = await response.read()
+    assert received == b"".join(e for e in fake_upstream.requests[0]["sent"] if not _usage_event(e))
+    recorded = gateway.recorder.responses()[0].answer
+    assert recorded.tool_call_list() == [call]
+    assert recorded.finish_reason == "tool_calls"
