@@ -91,12 +91,13 @@ class RecordBuilder:
         return [*prompts, record]
 
     def _tool_results(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Tool messages since the last assistant message, named from the call that asked for them."""
+        """The trailing tool messages (this turn's results), named from the calls that asked for them."""
         names: dict[str, str] = {}
         results: list[dict[str, Any]] = []
         for message in messages:
-            if message.get("role") == "assistant":
+            if message.get("role") != "tool":
                 results = []
+            if message.get("role") == "assistant":
                 for tc in message.get("tool_calls") or ():
                     if isinstance(tc, dict):
                         names[str(tc.get("id"))] = str((tc.get("function") or {}).get("name", ""))

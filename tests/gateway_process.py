@@ -1,0 +1,115 @@
+"""Running the real `python -m gateway serve` as a subprocess, for tests that need the whole process:
+signals, restarts, workers, stdout records."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROXY_KEY = "test-proxy-key-0123456789"
+PROVIDER_KEY = "test-provider-key-9876543210"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fake_config(upstream_url: str, **sections: Any) -> dict[str, Any]:
+    """A config with one provider, `fake`, serving `fake-model` from the fake upstream at `upstream_url`."""
+    config: dict[str, Any] = {
+        "default_provider": "fake",
+        "providers": {
+            "fake": {
+                "endpoint": f"{upstream_url}/v1/chat/completions",
+                "api_key_env": "FAKE_KEY",
+                "models": ["fake-model"],
+            }
+        },
+        "upstream": {"retry_backoff_s": 0.01},
+    }
+    config.update(sections)
+    return config
+
+
+class GatewayProcess:
+    """One gateway process on a free port; `url`, `stop()`, `kill()`, and its captured stdout/stderr."""
+
+    def __init__(
+        self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = tmp / f"config-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.stdout_path = tmp / f"stdout-{self.port}.jsonl"
+        self.stderr_path = tmp / f"stderr-{self.port}.log"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PROXY_KEY", "LOG_"))}
+        self.env = {**base, "PROXY_KEY": PROXY_KEY, "FAKE_KEY": PROVIDER_KEY, **(env or {})}
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(self.config_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}: {self.stderr}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"gateway did not get ready: {self.stderr}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send `sig` and wait for the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """`kill -9`: no drain, no flush."""
+        self.stop(signal.SIGKILL, timeout=10)
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    @property
+    def stdout_lines(self) -> list[bytes]:
+        return self.stdout_path.read_bytes().splitlines() if self.stdout_path.exists() else []
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop(signal.SIGKILL, timeout=10)
