@@ -69,7 +69,7 @@ class S3:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: ThreadedMotoServer | None = None
-        # moto keeps one in-memory backend per test process: a bucket of its own keeps each test's records apart
+        # moto keeps one in-memory backend per process: a bucket per test keeps each test's records apart
         self.bucket = f"namespace-logs-{uuid.uuid4().hex[:12]}"
 
     def start(self) -> S3:
@@ -171,7 +171,7 @@ def mixed_load(url: str) -> dict[str, int]:
 def assert_accounted(records: list[dict[str, Any]], sent: dict[str, int]) -> None:
     """Each call sent has exactly one request and one response record, with the status the client saw."""
     kinds = Counter((r["request_id"], r["type"]) for r in records if r["type"] in ("request", "response"))
-    for rid, status in sent.items():
+    for rid in sent:
         assert kinds[(rid, "request")] == 1, rid
         assert kinds[(rid, "response")] == 1, rid
     statuses = {r["request_id"]: r["status"] for r in records if r["type"] == "response"}
