@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 REDACTED = "[REDACTED]"
 # Shapes of credentials worth hiding even when we do not know the value: bearer tokens, vendor keys.
@@ -11,9 +12,20 @@ _KEY_LIKE = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{12,}"
     r"|\b(?:sk|pk|rk|or|olp)-[A-Za-z0-9_-]{16,}"
     r"|\bAKIA[0-9A-Z]{16}\b"
+    # values under credential-looking keys, also inside JSON that is itself a string (tool arguments)
+    r'|((?:\\?")(?:s3_secret|s3_key|secret_access_key|aws_secret_access_key|api_key|apikey|password|passwd'
+    r'|access_token|refresh_token|client_secret|secret|token)(?:\\?")\s*:\s*(?:\\?"))[^"\\]{4,}'
+    # DuckDB secrets: KEY_ID 'x', SECRET 'y'
+    r"|((?:KEY_ID|SECRET)\s+')[^']{4,}"
 )
-
 _KEY_LIKE_BYTES = re.compile(_KEY_LIKE.pattern.encode())
+
+
+def _keep_label(kind: type) -> Any:
+    """A replacement that keeps what names the secret (`Bearer `, `"api_key": "`) and hides the value."""
+    redacted = REDACTED if kind is str else REDACTED.encode()
+    empty = kind()
+    return lambda m: next((g for g in m.groups() if g), empty) + redacted
 
 
 class Scrubber:
@@ -29,14 +41,14 @@ class Scrubber:
         for secret in self.secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
-        return _KEY_LIKE.sub(lambda m: (m.group(1) or "") + REDACTED, value)
+        return _KEY_LIKE.sub(_keep_label(str), value)
 
     def line(self, value: bytes) -> bytes:
         """A serialized record with secrets and key-like strings replaced (one pass over the whole line)."""
         value = self.raw(value)
         if _KEY_LIKE_BYTES.search(value) is None:
             return value
-        return _KEY_LIKE_BYTES.sub(lambda m: (m.group(1) or b"") + REDACTED.encode(), value)
+        return _KEY_LIKE_BYTES.sub(_keep_label(bytes), value)
 
     def raw(self, value: bytes) -> bytes:
         """Known secrets replaced in raw bytes (cheap: used on every upstream error body)."""

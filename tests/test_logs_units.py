@@ -212,3 +212,24 @@ def test_recover_closes_a_dead_writers_chunk_but_not_a_live_one(tmp_path: Path) 
         live.stdin.close()  # type: ignore[union-attr]
         live.wait(10)
     assert os.listdir(tmp_path)
+
+
+def test_scrubber_hides_credentials_inside_tool_arguments_and_duckdb_secrets() -> None:
+    arguments = orjson.dumps(
+        {"s3_key": "AKIAEXAMPLE1", "s3_secret": "hunter2hunter2", "sql": "SELECT 1"}
+    ).decode()
+    line = orjson.dumps(
+        {
+            "tool_calls": [{"name": "query", "arguments": arguments}],
+            "content": "CREATE SECRET s (TYPE S3, KEY_ID 'keyid-value', SECRET 'secret-value')",
+        }
+    )
+    cleaned = Scrubber([]).line(line)
+    for secret in (b"AKIAEXAMPLE1", b"hunter2hunter2", b"keyid-value", b"secret-value"):
+        assert secret not in cleaned
+    record = orjson.loads(cleaned)
+    assert orjson.loads(record["tool_calls"][0]["arguments"]) == {
+        "s3_key": REDACTED,
+        "s3_secret": REDACTED,
+        "sql": "SELECT 1",
+    }
