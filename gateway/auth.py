@@ -19,7 +19,8 @@ NAMED_PREFIX = "PROXY_KEY_"
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    # Header bytes that are not UTF-8 reach us as surrogate escapes; they must fail to match, not crash.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 @dataclass(frozen=True)
