@@ -103,6 +103,8 @@ async def _read_body(request: web.Request, endpoint: Endpoint) -> tuple[bytes, d
     except web.HTTPRequestEntityTooLarge as exc:
         limit = request.app[GATEWAY].config.server.max_body_bytes
         raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.") from exc
+    except web.RequestPayloadError as exc:
+        raise InvalidRequest("The request body could not be read: bad Content-Encoding or cut short.") from exc
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
