@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mcp import Client, StdioServerParameters
-from mcp.client._transport import Transport
+from mcp.client import Transport
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
