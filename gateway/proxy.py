@@ -27,7 +27,7 @@ from gateway.errors import (
 from gateway.sse import DONE, EventSplitter, error_event, event_data
 from gateway.state import GATEWAY, REQUEST_ID, Gateway
 from gateway.upstream import RETRY_STATUSES
-from providers.base import Endpoint, Provider
+from providers.base import Endpoint, InvalidBody, Provider
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Upstream headers worth handing back: rate limits tell well-behaved clients when to slow down.
@@ -104,7 +104,7 @@ async def _read_body(request: web.Request, endpoint: Endpoint) -> tuple[bytes, d
         limit = request.app[GATEWAY].config.server.max_body_bytes
         raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.") from exc
     except web.RequestPayloadError as exc:
-        raise InvalidRequest("The request body could not be read: bad Content-Encoding or cut short.") from exc
+        raise InvalidRequest("The request body could not be read: bad encoding, or cut short.") from exc
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -183,7 +183,10 @@ def _build(call: Call, provider: Provider, body: dict[str, Any], raw: bytes, mod
         if not (isinstance(options, dict) and options.get("include_usage")):
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
             changed = strip_usage = True
-    payload = provider.prepare(call.endpoint, body, raw, model, changed=changed)
+    try:
+        payload = provider.prepare(call.endpoint, body, raw, model, changed=changed)
+    except InvalidBody as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from exc
     return provider.build_request(call.endpoint, payload, call.stream), strip_usage
 
 
@@ -192,7 +195,7 @@ async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse)
     raw = await gw.upstream.read(upstream, call.provider or "")
     call.first_byte = call.first_byte or time.perf_counter()
     call.status = upstream.status
-    headers = {k: v for k, v in upstream.headers.items() if _PASSED_HEADER.match(k)}
+    headers = {str(k): v for k, v in upstream.headers.items() if _PASSED_HEADER.match(k)}
     if upstream.status >= 400:
         call.upstream_headers = headers or None
         raw = normalize_upstream_error(upstream.status, gw.scrubber.raw(raw))

@@ -1,19 +1,23 @@
-"""Running the real `python -m gateway serve` as a subprocess, for tests that need the whole process:
-signals, restarts, workers, stdout records."""
+"""Running the real `python -m gateway serve` as a subprocess, for tests that need the whole process
+(signals, restarts, workers, stdout records), and the fake upstream on a thread of its own beside it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
+from fake_upstream import FakeUpstream
 
 PROXY_KEY = "test-proxy-key-0123456789"
 PROVIDER_KEY = "test-provider-key-9876543210"
@@ -113,3 +117,30 @@ class GatewayProcess:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop(signal.SIGKILL, timeout=10)
+
+
+class UpstreamThread:
+    """The fake upstream on its own event loop in a thread, so tests can block on the gateway process."""
+
+    def __init__(self) -> None:
+        self.fake = FakeUpstream()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        runner = web.AppRunner(self.fake.app, handler_cancellation=True)
+        self.loop.run_until_complete(runner.setup())
+        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

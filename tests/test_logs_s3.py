@@ -6,53 +6,19 @@ record and one response record in the bucket (or, for a `kill -9`, at least ever
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
-import orjson
 import pytest
-from aiohttp import web
-from fake_upstream import FakeUpstream
-from gateway_process import PROVIDER_KEY, PROXY_KEY, GatewayProcess, fake_config, free_port
-from moto.server import ThreadedMotoServer
+from gateway_process import PROVIDER_KEY, PROXY_KEY, GatewayProcess, UpstreamThread, fake_config
+from moto_s3 import S3
 
 AUTH = {"Authorization": f"Bearer {PROXY_KEY}"}
-
-
-class UpstreamThread:
-    """The fake upstream on its own event loop in a thread, so tests can block on the gateway process."""
-
-    def __init__(self) -> None:
-        self.fake = FakeUpstream()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-
-    def _run(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        runner = web.AppRunner(self.fake.app, handler_cancellation=True)
-        self.loop.run_until_complete(runner.setup())
-        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(runner.cleanup())
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture
@@ -60,58 +26,6 @@ def upstream() -> Iterator[UpstreamThread]:
     server = UpstreamThread()
     yield server
     server.close()
-
-
-class S3:
-    """A moto S3 server on loopback; `start()` again after `stop()` brings it back on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server: ThreadedMotoServer | None = None
-        # moto keeps one in-memory backend per process: a bucket per test keeps each test's records apart
-        self.bucket = f"namespace-logs-{uuid.uuid4().hex[:12]}"
-
-    def start(self) -> S3:
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-        self.client().create_bucket(Bucket=self.bucket)
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-    def client(self) -> Any:
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
-    def env(self) -> dict[str, str]:
-        return {
-            "LOG_BUCKET": self.bucket,
-            "AWS_S3_ENDPOINT_URL": self.url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1",
-        }
-
-    def objects(self) -> dict[str, bytes]:
-        client = self.client()
-        keys = [
-            o["Key"]
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
-            for o in page.get("Contents", [])
-        ]
-        return {k: client.get_object(Bucket=self.bucket, Key=k)["Body"].read() for k in keys}
-
-    def records(self) -> list[dict[str, Any]]:
-        return [orjson.loads(line) for body in self.objects().values() for line in body.splitlines()]
 
 
 @pytest.fixture

@@ -77,7 +77,7 @@ def test_full_capture_stores_each_system_prompt_once_by_hash() -> None:
     prompt, request = first
     assert prompt["content"] == "You are a careful analyst."
     assert request["messages"][0] == {"role": "system", "content_sha256": prompt["sha256"]}
-    assert request["system_prompt_sha256"] == prompt["sha256"]
+    assert request["system_prompt_sha256"] == second[0]["system_prompt_sha256"] == prompt["sha256"]
     assert request["messages"][1:] == TOOLS_BODY["messages"][1:]
 
 

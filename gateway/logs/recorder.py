@@ -55,18 +55,21 @@ class LogRecorder:
 
     def request(self, call: Call) -> None:
         try:
-            records = self.builder.request(call)
+            lines = [self._serialize(record) for record in self.builder.request(call)]
         except Exception as exc:
-            records = [self._failed_record(call, "request", exc)]
-        for record in records:
-            self._write(record)
+            lines = [self._serialize(self._failed_record(call, "request", exc))]
+        for line in lines:
+            self._write(line)
 
     def response(self, call: Call) -> None:
         try:
-            record = self.builder.response(call, time.time())
+            line = self._serialize(self.builder.response(call, time.time()))
         except Exception as exc:
-            record = self._failed_record(call, "response", exc)
-        self._write(record)
+            line = self._serialize(self._failed_record(call, "response", exc))
+        self._write(line)
+
+    def _serialize(self, record: dict[str, Any]) -> bytes:
+        return self.scrubber.line(orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS)) + b"\n"
 
     def _failed_record(self, call: Call, kind: str, exc: Exception) -> dict[str, Any]:
         self.failed += 1
@@ -83,8 +86,7 @@ class LogRecorder:
             "error": f"record could not be built: {type(exc).__name__}",
         }
 
-    def _write(self, record: dict[str, Any]) -> None:
-        line = self.scrubber.line(orjson.dumps(record, default=str)) + b"\n"
+    def _write(self, line: bytes) -> None:
         self.written += 1
         self.metrics.log_records.inc()
         if self.stdout:

@@ -87,7 +87,8 @@ class RecordBuilder:
         if not self.full:
             return [record]
         prompts, record["messages"] = self._full_messages(messages, call.wall_start)
-        record["system_prompt_sha256"] = next((p["sha256"] for p in prompts), None)
+        hashes = (m["content_sha256"] for m in record["messages"] if "content_sha256" in m)
+        record["system_prompt_sha256"] = next(hashes, None)
         return [*prompts, record]
 
     def _tool_results(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
