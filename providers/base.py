@@ -54,6 +54,24 @@ class ProviderSettings:
         return self.models if self.model_prefixes is None else self.model_prefixes
 
 
+class InvalidBody(ValueError):
+    """A field of the client's body that a plugin must build on has the wrong type (the client gets a 400)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def sub_object(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """`body[key]` when it is an object ({} when absent), for a plugin to extend; InvalidBody otherwise."""
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidBody(f"`{key}` must be an object.", key)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
     url: str
@@ -97,7 +115,7 @@ class Provider:
         """Translate the client's `enable_thinking` into this provider's switch."""
         kwarg = self.settings.thinking_models.get(model, self.thinking_kwarg)
         if kwarg:
-            body["chat_template_kwargs"] = {**(body.get("chat_template_kwargs") or {}), kwarg: enabled}
+            body["chat_template_kwargs"] = {**sub_object(body, "chat_template_kwargs"), kwarg: enabled}
 
     def adjust_body(self, body: dict[str, Any], model: str) -> bool:
         """Add what this provider always needs; return whether the body changed."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.base import Provider
+from providers.base import Provider, sub_object
 
 
 class OpenRouterProvider(Provider):
@@ -22,4 +22,4 @@ class OpenRouterProvider(Provider):
     }
 
     def apply_thinking(self, body: dict[str, Any], model: str, enabled: bool) -> None:
-        body["reasoning"] = {**(body.get("reasoning") or {}), "enabled": enabled}
+        body["reasoning"] = {**sub_object(body, "reasoning"), "enabled": enabled}
