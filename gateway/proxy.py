@@ -195,7 +195,7 @@ async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse)
     raw = await gw.upstream.read(upstream, call.provider or "")
     call.first_byte = call.first_byte or time.perf_counter()
     call.status = upstream.status
-    headers = {k: v for k, v in upstream.headers.items() if _PASSED_HEADER.match(k)}
+    headers = {str(k): v for k, v in upstream.headers.items() if _PASSED_HEADER.match(k)}
     if upstream.status >= 400:
         call.upstream_headers = headers or None
         raw = normalize_upstream_error(upstream.status, gw.scrubber.raw(raw))
