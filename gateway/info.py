@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -33,6 +34,7 @@ async def health(request: web.Request) -> web.Response:
             "proxy_key_configured": not gw.keys.open,
             "default_provider": gw.config.default_provider,
             "in_flight": gw.in_flight,
+            "pid": os.getpid(),  # with --workers N, which worker answered
             "logging": logging,
         }
     )
