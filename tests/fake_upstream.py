@@ -87,7 +87,7 @@ class FakeUpstream:
         self.requests.append(
             {
                 "path": request.path,
-                "headers": dict(request.headers),
+                "headers": {str(k): v for k, v in request.headers.items()},  # orjson wants plain str keys
                 "body": body,
                 "raw": raw,
                 "at": time.monotonic(),

@@ -17,7 +17,7 @@ from gateway.config import LoggingSettings
 from gateway.logs.recorder import LogRecorder
 from gateway.logs.records import RecordBuilder
 from gateway.logs.spool import Spool
-from gateway.logs.uploader import S3Target, Uploader
+from gateway.logs.uploader import S3Target
 from gateway.scrub import Scrubber
 from gateway.state import GATEWAY
 
@@ -69,6 +69,8 @@ async def open_recorder(
     if target is None:
         log.info("logging to stdout and %s only: LOG_BUCKET is not set", spool.root)
     else:
+        from gateway.logs.uploader import Uploader  # botocore is heavy: loaded only when there is a bucket
+
         uploader = Uploader(target, spool)
         if not await uploader.start():
             log.warning(

@@ -12,16 +12,18 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.calls import Call
 from gateway.logs.records import RecordBuilder, iso
 from gateway.logs.spool import Spool
-from gateway.logs.uploader import Uploader
 from gateway.metrics import Metrics
 from gateway.scrub import Scrubber
+
+if TYPE_CHECKING:
+    from gateway.logs.uploader import Uploader
 
 log = logging.getLogger("gateway.logs")
 MAX_BACKOFF_S = 300.0

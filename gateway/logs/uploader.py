@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-
 from gateway.logs.spool import Spool, try_lock
 
 ENDPOINT_VARS = ("AWS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -63,6 +60,9 @@ class Uploader:
 
     async def start(self) -> bool:
         """Open the client; False when no AWS credentials can be found."""
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import AioSession
+
         session = AioSession()
         if await session.get_credentials() is None:
             return False
