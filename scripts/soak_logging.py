@@ -160,7 +160,7 @@ def main() -> int:
         ],
         env=env,
         cwd=ROOT,
-        stderr=(tmp / "gateway.log").open("wb"),  # noqa: SIM115 (the child keeps it for its whole life)
+        stderr=(tmp / "gateway.log").open("wb"),
     )
     try:
         url = f"http://127.0.0.1:{gw_port}"
