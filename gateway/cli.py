@@ -93,7 +93,7 @@ def check_config(path: str) -> int:
         config = load_config(path)
         problems = validate(config, os.environ)
     except (ConfigError, OSError) as exc:
-        problems = exc.problems if isinstance(exc, ConfigError) else [f"{path}: {exc.strerror or exc}"]
+        problems = exc.problems if isinstance(exc, ConfigError) else [exc.strerror or str(exc)]
     if problems:
         for line in problems:
             print(f"{path}: {line}", file=sys.stderr)
@@ -130,7 +130,7 @@ def serve(args: argparse.Namespace) -> int:
             raise ConfigError(problems)
     except (ConfigError, OSError) as exc:
         for line in exc.problems if isinstance(exc, ConfigError) else [str(exc)]:
-            log.error("config: %s", line)
+            log.error("config %s: %s", args.config or "(built-in defaults)", line)
         return 2
     keys = _keys(args.allow_open)
     log.info("config: %s; providers: %s", config.source, ", ".join(config.providers))

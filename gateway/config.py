@@ -101,11 +101,20 @@ def read_raw(path: str | Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}"]) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {_yaml_problem(exc)}"]) from exc
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping"])
+        raise ConfigError(["the top level must be a mapping"])
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """YAML's error on one line: its messages span several, pointing at the spot with a caret."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return " ".join(f"{getattr(exc, 'problem', None) or exc}{where}".split())
 
 
 def load_config(path: str | Path | None = None) -> Config:
