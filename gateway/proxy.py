@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.calls import Call
 from gateway.errors import (
+    AuthenticationFailed,
     GatewayError,
     InvalidRequest,
     PayloadTooLarge,
@@ -72,9 +73,15 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
 
 
 async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
-    call.key_name = gw.keys.authenticate(request.headers.get("Authorization"))
+    try:
+        call.key_name = gw.keys.authenticate(request.headers.get("Authorization"))
+    except AuthenticationFailed:
+        await _describe_refused(request, call)
+        raise
     raw, body = await _read_body(request, call.endpoint)
     _describe(call, body)
+    if call.endpoint is not Endpoint.RAW:
+        _validate(body, _REQUIRED[call.endpoint])
     provider = gw.router.default if call.endpoint is Endpoint.RAW else gw.router.resolve(call.model or "")
     if provider is None:
         raise InvalidRequest("This deployment has no default provider for /llm.", code="no_default_provider")
@@ -113,9 +120,18 @@ async def _read_body(request: web.Request, endpoint: Endpoint) -> tuple[bytes, d
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    if endpoint is not Endpoint.RAW:
-        _validate(body, _REQUIRED[endpoint])
     return raw, body
+
+
+async def _describe_refused(request: web.Request, call: Call) -> None:
+    """Let a refused call's records still name its model and session, when its body is small and readable."""
+    if (request.content_length or 0) > 1 << 20:
+        return
+    try:
+        _, body = await _read_body(request, call.endpoint)
+    except GatewayError:
+        return  # an unreadable body adds nothing to the record; the call is refused for its key anyway
+    _describe(call, body)
 
 
 def _validate(body: dict[str, Any], required: str) -> None:

@@ -115,6 +115,9 @@ def test_mixed_calls_all_recorded_in_the_bucket_and_no_secret_uploaded(tmp_path,
     for key, body in objects.items():
         assert key.count("/") == 1 and key.endswith(".jsonl"), key
         assert PROXY_KEY.encode() not in body and PROVIDER_KEY.encode() not in body
+    refused = [r for r in s3.records() if r["type"] == "request" and sent[r["request_id"]] == 401]
+    assert len(refused) == 2  # a refused call's record still says what it asked for, and from where
+    assert all(r["model"] == "fake-model" and r["origin"] == "https://app.example" for r in refused)
     tool_records = [r for r in s3.records() if r["type"] == "response" and r["has_tool_calls"]]
     assert len(tool_records) == 2 and tool_records[0]["tool_calls"] == [
         {"name": "add", "arguments": '{"a": 1}'}
