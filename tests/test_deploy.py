@@ -120,12 +120,10 @@ def seconds(value: str) -> float:
 
 
 def size_bytes(value: str) -> int:
-    match = re.fullmatch(r"(\d+)([kmg]i?)?", value.lower())
+    """Kubernetes quantities (Ki, Mi, Gi) and nginx sizes (k, m, g); both count in powers of 1024 here."""
+    match = re.fullmatch(r"(\d+)([kmg]?)i?", value.lower())
     assert match, f"not a size: {value!r}"
-    unit = match.group(2) or ""
-    base = 1024 if unit.endswith("i") or unit in ("k", "m", "g") else 1
-    power = {"": 0, "k": 1, "m": 2, "g": 3}[unit[:1]]
-    return int(match.group(1)) * base**power
+    return int(match.group(1)) * 1024 ** "_kmg".index(match.group(2) or "_")
 
 
 def all_manifests(objects: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
