@@ -152,7 +152,7 @@ def copy_build_context(dest: Path) -> None:
 
 
 def as_image_user(command: list[str]) -> list[str]:
-    """Run with the image's UID/GID when this test runs as root (it always does in CI containers)."""
+    """Run with the image's UID/GID when this test runs as root; as anyone else, run as that user."""
     if os.geteuid() != 0:
         return command
     return ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--", *command]
