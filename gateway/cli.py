@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default=os.environ.get("HOST", "0.0.0.0"), help="bind address (env HOST; 0.0.0.0)"
     )
     serve.add_argument(
-        "--port", type=int, default=int(os.environ.get("PORT", "8080")), help="port (env PORT; 8080)"
+        "--port", type=int, default=os.environ.get("PORT", "8080"), help="port (env PORT; 8080)"
     )
     serve.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port, to use several cores (default 1)"
