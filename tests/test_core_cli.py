@@ -17,10 +17,15 @@ from conftest import (
     FAST_UPSTREAM,
     PROVIDER_KEY,
     ROOT,
+    CliGateway,
     StartCli,
     exit_code,
+    free_port,
     provider_section,
     run_cli,
+    spawn,
+    subprocess_env,
+    wait_ready,
     write_config,
 )
 from fake_upstream import FakeUpstream
@@ -310,3 +315,31 @@ async def test_sigterm_lets_an_open_stream_finish(
         rest = await asyncio.wait_for(response.read(), 10)
     assert first + rest == b"".join(fake_upstream.requests[0]["sent"])
     assert await exit_code(gateway.proc, 20) == 0
+
+
+def test_port_and_host_come_from_the_environment_and_a_bad_port_is_a_usage_error() -> None:
+    assert run_cli("providers", env={"PORT": "not-a-port"}).returncode == 0
+    done = run_cli("serve", env={"PORT": "not-a-port"})
+    assert done.returncode == 2
+    assert "argument --port: invalid int value: 'not-a-port'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def test_serve_takes_port_and_config_from_the_environment(
+    tmp_path: Path, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path, _config(fake_upstream.url))
+    env = subprocess_env(
+        tmp_path, PORT=str(port), HOST="127.0.0.1", PROXY_CONFIG=str(config), PROXY_KEY="k", FAKE_KEY="f"
+    )
+    proc = spawn(
+        [sys.executable, "-m", "gateway", "serve"], tmp_path, env, tmp_path / "out", tmp_path / "err"
+    )
+    gateway = CliGateway(proc, f"http://127.0.0.1:{port}", tmp_path / "err", tmp_path / "out")
+    try:
+        await wait_ready(gateway, 30)
+        assert await _chat(http, gateway.url, "k") == 200
+        assert fake_upstream.requests[0]["headers"]["Authorization"] == "Bearer f"
+    finally:
+        assert await gateway.stop() == 0

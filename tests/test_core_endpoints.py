@@ -12,6 +12,7 @@ from fake_upstream import FakeUpstream, Reply
 from prometheus_client.parser import text_string_to_metric_families
 
 REQUEST_ID = re.compile(r"\A[0-9a-f]{32}\Z")
+PREFLIGHT = {"Access-Control-Request-Method": "POST"}
 
 
 async def test_chat_completion_returns_the_upstream_answer_unchanged(
@@ -148,6 +149,7 @@ async def test_every_response_carries_a_fresh_request_id(
         ("GET", "/livez", {}, b""),
         ("GET", "/metrics", {}, b""),
         ("GET", "/v1/models", AUTH, b""),
+        ("OPTIONS", "/v1/chat/completions", {"Origin": "https://a.example", **PREFLIGHT}, b""),
     ]
     seen = set()
     for method, path, headers, body in calls:

@@ -212,3 +212,18 @@ async def test_a_client_leaving_a_non_streaming_call_cancels_the_upstream_call(
     await _disconnect_after(gateway, body, lambda: fake_upstream.requests)
     await _assert_upstream_saw_disconnect(gateway, fake_upstream)
     assert gateway.recorder.responses()[0].status == 499
+
+
+async def test_an_upstream_that_never_answers_is_a_504_in_openai_shape(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    upstream = {**FAST_UPSTREAM, "first_byte_timeout_s": 0.3, "retries": 1}
+    gateway = await make_gateway(gateway_config(fake_upstream.url, upstream=upstream))
+    body = {**CHAT, "stream": True, "fake": {"delay": 30}}
+    async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+        assert response.status == 504
+        error = (await response.json())["error"]
+    assert error["code"] == "upstream_timeout"
+    assert set(error) == {"message", "type", "param", "code"}
+    assert len(fake_upstream.requests) == 2  # retried once: nothing had reached the client
+    assert gateway.gw.metrics.upstream_errors.labels("fake", "timeout")._value.get() == 2
