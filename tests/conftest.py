@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,6 @@ class CliGateway:
     url: str
     stderr_path: Path
     stdout_path: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stderr(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import pytest
 from conftest import AUTH, CHAT, PROVIDER_KEY, PROXY_KEY, MakeGateway, RunningGateway
@@ -78,10 +80,11 @@ async def test_default_extra_and_named_keys_all_work_and_are_known_by_name(
 async def test_the_clients_key_never_goes_upstream_the_providers_key_does(
     gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    for path, body in [
+    calls: list[tuple[str, dict[str, Any]]] = [
         ("/v1/chat/completions", CHAT),
         ("/v1/embeddings", {"model": "fake-model", "input": "x"}),
-    ]:
+    ]
+    for path, body in calls:
         for stream in (False, True):
             async with http.post(
                 gateway.url + path, json={**body, "stream": stream}, headers=AUTH

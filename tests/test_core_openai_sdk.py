@@ -10,9 +10,10 @@ import pytest
 from conftest import PROXY_KEY, RunningGateway
 from fake_upstream import FakeUpstream, Reply
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-MESSAGES = [{"role": "user", "content": "What is the weather in Berkeley?"}]
-TOOLS = [
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the weather in Berkeley?"}]
+TOOLS: list[ChatCompletionToolParam] = [
     {
         "type": "function",
         "function": {
@@ -36,7 +37,7 @@ async def client(gateway: RunningGateway) -> AsyncIterator[AsyncOpenAI]:
 
 
 async def test_a_plain_completion(client: AsyncOpenAI, fake_upstream: FakeUpstream) -> None:
-    completion = await client.chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+    completion = await client.chat.completions.create(model="fake-model", messages=MESSAGES)
     assert completion.choices[0].message.content == "Hello from the fake upstream."
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None and completion.usage.total_tokens > 0
@@ -46,7 +47,7 @@ async def test_a_plain_completion(client: AsyncOpenAI, fake_upstream: FakeUpstre
 async def test_a_streamed_completion_with_usage(client: AsyncOpenAI) -> None:
     stream = await client.chat.completions.create(
         model="fake-model",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
         stream_options={"include_usage": True},
         extra_body={"fake": {"content": "Sunny and mild today"}},
@@ -66,8 +67,8 @@ async def test_a_streamed_tool_call_is_reassembled_by_the_sdk(client: AsyncOpenA
     arguments = json.dumps({"city": "Berkeley", "unit": "celsius"})
     async with client.chat.completions.stream(
         model="fake-model",
-        messages=MESSAGES,  # type: ignore[arg-type]
-        tools=TOOLS,  # type: ignore[arg-type]
+        messages=MESSAGES,
+        tools=TOOLS,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         extra_body={"fake": {"content": "", "tool_calls": [{"name": "get_weather", "arguments": arguments}]}},
     ) as stream:
@@ -78,21 +79,23 @@ async def test_a_streamed_tool_call_is_reassembled_by_the_sdk(client: AsyncOpenA
     assert final.choices[0].finish_reason == "tool_calls"
     assert message.tool_calls is not None and len(message.tool_calls) == 1
     call = message.tool_calls[0]
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"city": "Berkeley", "unit": "celsius"}  # type: ignore[union-attr]
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Berkeley", "unit": "celsius"}
 
 
 async def test_a_non_streamed_tool_call(client: AsyncOpenAI, fake_upstream: FakeUpstream) -> None:
     arguments = '{"city": "Oakland"}'
     completion = await client.chat.completions.create(
         model="fake-model",
-        messages=MESSAGES,  # type: ignore[arg-type]
-        tools=TOOLS,  # type: ignore[arg-type]
+        messages=MESSAGES,
+        tools=TOOLS,
         tool_choice="required",
         extra_body={"fake": {"tool_calls": [{"name": "get_weather", "arguments": arguments}]}},
     )
-    call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert (call.function.name, call.function.arguments) == ("get_weather", arguments)  # type: ignore[union-attr]
+    calls = completion.choices[0].message.tool_calls
+    assert calls is not None and calls[0].type == "function"
+    assert (calls[0].function.name, calls[0].function.arguments) == ("get_weather", arguments)
     sent = fake_upstream.requests[0]["body"]
     assert sent["tools"] == TOOLS and sent["tool_choice"] == "required"
 
@@ -100,7 +103,7 @@ async def test_a_non_streamed_tool_call(client: AsyncOpenAI, fake_upstream: Fake
 async def test_a_wrong_key_is_an_authentication_error(gateway: RunningGateway) -> None:
     async with AsyncOpenAI(base_url=gateway.url + "/v1", api_key="wrong", max_retries=0) as sdk:
         with pytest.raises(openai.AuthenticationError) as caught:
-            await sdk.chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+            await sdk.chat.completions.create(model="fake-model", messages=MESSAGES)
     assert caught.value.status_code == 401
     assert caught.value.code == "invalid_api_key"
     assert caught.value.request_id is not None and len(caught.value.request_id) == 32  # our X-Request-Id
@@ -108,7 +111,7 @@ async def test_a_wrong_key_is_an_authentication_error(gateway: RunningGateway) -
 
 async def test_an_unknown_model_is_not_found(client: AsyncOpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        await client.chat.completions.create(model="no-such-model", messages=MESSAGES)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     assert caught.value.code == "model_not_found"
     assert "fake-model" in caught.value.message
 
@@ -122,7 +125,7 @@ async def test_rate_limits_that_outlast_the_gateways_retries_are_a_rate_limit_er
     )
     fake_upstream.queue(limited, limited, limited)
     with pytest.raises(openai.RateLimitError) as caught:
-        await client.chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="fake-model", messages=MESSAGES)
     assert caught.value.code == "rl"
     assert caught.value.message.endswith("Too many requests")
     assert len(fake_upstream.requests) == 3  # the first try and the gateway's two retries
@@ -144,7 +147,7 @@ async def test_an_upstream_400_reaches_the_sdk_as_a_bad_request_error(
     )
     fake_upstream.queue(Reply(status=400, error=error))
     with pytest.raises(openai.BadRequestError) as caught:
-        await client.chat.completions.create(model="fake-model", messages=MESSAGES)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="fake-model", messages=MESSAGES)
     assert caught.value.code == "context_length_exceeded"
 
 
