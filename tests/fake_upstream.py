@@ -68,7 +68,7 @@ class FakeUpstream:
         self.disconnected = asyncio.Event()
         self.gate: asyncio.Queue[None] | None = None  # when set, each stream chunk waits for a token
         self.models = ["fake-model"]
-        self.model_listings = 0
+        self.model_listings: list[dict[str, str]] = []  # the headers of each GET /v1/models
         self._ids = itertools.count(1)
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/v1/chat/completions", self.chat)
@@ -238,7 +238,7 @@ class FakeUpstream:
         return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
 
     async def list_models(self, request: web.Request) -> web.Response:
-        self.model_listings += 1
+        self.model_listings.append(dict(request.headers))
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 

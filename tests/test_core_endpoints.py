@@ -84,6 +84,13 @@ async def test_llm_passes_the_raw_body_to_the_default_provider_byte_for_byte(
     async with http.post(gateway.url + "/llm", data=raw) as response:
         assert response.status == 401
     assert len(fake_upstream.requests) == 1
+    # Streamed: no usage is asked for on the client's behalf, so every upstream byte comes back.
+    streamed = b'{"model":"x","stream":true,  "messages":[{"role":"user","content":"hi"}]}'
+    async with http.post(gateway.url + "/llm", data=streamed, headers=AUTH) as response:
+        assert response.status == 200
+        assert response.content_type == "text/event-stream"
+        assert await response.read() == b"".join(fake_upstream.requests[1]["sent"])
+    assert fake_upstream.requests[1]["raw"] == streamed
 
 
 async def test_llm_without_a_default_provider_is_a_clear_400(
@@ -172,10 +179,34 @@ async def test_models_lists_config_and_discovered_models_and_caches_discovery(
         assert listing["object"] == "list"
         assert [m["id"] for m in listing["data"]] == ["fake-model", "discovered-a", "discovered-b"]
         assert {m["owned_by"] for m in listing["data"]} == {"fake"}
-    assert fake_upstream.model_listings == 1
+    assert len(fake_upstream.model_listings) == 1
     # The discovery request carries the provider's key, never the caller's.
+    assert fake_upstream.model_listings[0]["Authorization"] == f"Bearer {PROVIDER_KEY}"
     async with http.get(gateway.url + "/v1/models") as response:
         assert response.status == 401
+
+
+async def test_model_discovery_can_authenticate_with_x_api_key(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    providers = {"fake": section(fake_upstream.url, models_auth="x-api-key", extra_headers={"X-Org": "o"})}
+    gateway = await make_gateway(gateway_config(fake_upstream.url, providers=providers))
+    async with http.get(gateway.url + "/v1/models", headers=AUTH) as response:
+        assert response.status == 200
+    (seen,) = fake_upstream.model_listings
+    assert seen["x-api-key"] == PROVIDER_KEY
+    assert seen["X-Org"] == "o"
+    assert "Authorization" not in seen
+
+
+async def test_a_provider_with_discovery_off_is_not_asked(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    providers = {"fake": section(fake_upstream.url, discover_models=False)}
+    gateway = await make_gateway(gateway_config(fake_upstream.url, providers=providers))
+    async with http.get(gateway.url + "/v1/models", headers=AUTH) as response:
+        assert [m["id"] for m in (await response.json())["data"]] == ["fake-model"]
+    assert fake_upstream.model_listings == []
 
 
 async def test_models_degrades_gracefully_when_an_upstream_is_down(
