@@ -78,10 +78,13 @@ class Upstream:
         """The response body as it arrives; a silence longer than idle_timeout_s raises UpstreamTimeout."""
         idle = self.settings.idle_timeout_s
         read = response.content.readany
+        watch = IdleWatch(response, idle)
+        now = watch.loop.time
         try:
             while True:
-                async with asyncio.timeout(idle):
-                    data = await read()
+                watch.waiting_since = now()
+                data = await read()
+                watch.waiting_since = None
                 if not data:
                     return
                 yield data
@@ -95,6 +98,8 @@ class Upstream:
             raise UpstreamError(
                 f"The provider {provider!r} broke off the answer: {type(exc).__name__}."
             ) from exc
+        finally:
+            watch.cancel()
 
     async def read(self, response: aiohttp.ClientResponse, provider: str) -> bytes:
         """The whole body, mapping failures like `chunks` does."""
@@ -109,6 +114,37 @@ class Upstream:
                 if response.status == 200:
                     return await response.json(content_type=None)
         return None
+
+
+class IdleWatch:
+    """Fails a response's pending read with TimeoutError once the upstream was silent for `seconds`.
+
+    One timer per response that re-arms itself when it finds the reader was not waiting that long, so the
+    read loop only stamps `waiting_since` around each read: an `asyncio.timeout` around every chunk costs a
+    timer, a context manager and a cancellation check per chunk. Time the caller spends writing to its own
+    client (while `waiting_since` is None) does not count as upstream silence.
+    """
+
+    __slots__ = ("_handle", "_response", "_seconds", "loop", "waiting_since")
+
+    def __init__(self, response: aiohttp.ClientResponse, seconds: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.waiting_since: float | None = None
+        self._response = response
+        self._seconds = seconds
+        self._handle = self.loop.call_at(self.loop.time() + seconds, self._check)
+
+    def _check(self) -> None:
+        if self._response.closed:
+            return
+        now, since = self.loop.time(), self.waiting_since
+        if since is not None and now - since >= self._seconds:
+            self._response.content.set_exception(TimeoutError())
+            return
+        self._handle = self.loop.call_at((now if since is None else since) + self._seconds, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def retry_after(value: str | None, fallback: float) -> float:
