@@ -77,6 +77,9 @@ class Batcher:
         self.stats.lines += count_lines(data)
         if ends_partially(data):
             self.stats.partial_chunks.append(name)
+            # Dropped here, not left to DuckDB: after a value cut off mid-object its JSON reader goes on
+            # into the next line, and would lose the next chunk's first record along with this one.
+            data = data[: data.rfind(b"\n") + 1]
         if self._file is None:
             # Closed by flush(); a `with` block cannot span the many add() calls that fill one batch.
             self._file = tempfile.NamedTemporaryFile(dir=self.folder, suffix=".jsonl", delete=False)  # noqa: SIM115

@@ -77,7 +77,7 @@ def local_files(source: str, window: Window) -> list[LocalFile]:
         for match in sorted(glob.glob(source, recursive=True)):
             path = Path(match)
             if path.is_dir():
-                found += _walk(path, window)
+                found += _walk(path, window) if _dir_in_window(path.name, window) else []
             elif _parent_in_window(path, window):
                 found.append(_file(path))
         return found

@@ -48,7 +48,7 @@ def _columns(chart: Chart) -> tuple[str, int, int]:
     n = len(chart.labels)
     step = max(4.0, min(28.0, 860 / n))
     left, plot_h = 48, 160
-    width = int(left + step * n + 10)
+    width = max(360, int(left + step * n + 10))
     top = max(max(s.values) for s in chart.series) or 1.0
     parts = [
         f'<line x1="{left}" y1="{plot_h}" x2="{width - 4}" y2="{plot_h}" stroke="#999"/>',
