@@ -71,8 +71,10 @@ def calls_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rid, pair in by_id.items():
         rq, rs = pair.get("request") or {}, pair.get("response") or {}
         call = {"request_id": rid, "rq": rq, "rs": rs, "has_request": bool(rq), "has_response": bool(rs)}
-        for key in ("session_id", "key_name", "provider", "model", "origin"):
+        for key in ("session_id", "key_name", "origin"):
             call[key] = rq.get(key) if rq.get(key) is not None else rs.get(key)
+        for key in ("provider", "model"):  # the ones that answered, else the ones asked for
+            call[key] = rs.get(key) if rs.get(key) is not None else rq.get(key)
         call["ts"] = moment(rq.get("timestamp")) or moment(rs.get("timestamp"))
         call["answered_at"] = moment(rs.get("timestamp"))
         call["status"] = rs.get("status")

@@ -2,7 +2,8 @@
 
 A call missing its response was left unanswered (the gateway stopped mid-call); one missing its request
 started before the window or in a chunk that was lost. Filters apply to the call, so both records of a
-call are kept or dropped together. The gateway writes each record once; sources are deduplicated by
+call are kept or dropped together. A call's model and provider are the ones that answered (the response
+record's, which differ from the request's when a fallback answered), else the ones asked for. The gateway writes each record once; sources are deduplicated by
 path, so records are not deduplicated again here (that would cost a sort of every record).
 """
 
@@ -25,8 +26,8 @@ joined AS (
         coalesce(rq.request_id, rs.request_id) AS request_id,
         coalesce(rq.ts, rs.ts) AS ts, rs.ts AS answered_at,
         coalesce(rq.session_id, rs.session_id) AS session_id,
-        coalesce(rq.key_name, rs.key_name) AS key_name, coalesce(rq.provider, rs.provider) AS provider,
-        coalesce(rq.model, rs.model) AS model, coalesce(rq.origin, rs.origin) AS origin, rq.tools_count,
+        coalesce(rq.key_name, rs.key_name) AS key_name, coalesce(rs.provider, rq.provider) AS provider,
+        coalesce(rs.model, rq.model) AS model, coalesce(rq.origin, rs.origin) AS origin, rq.tools_count,
         rq.question, coalesce(rq.tool_results, []) AS tool_results,
         rs.status, rs.latency_ms, rs.ttft_ms, coalesce(rs.has_tool_calls, false) AS has_tool_calls,
         coalesce(rs.tool_names, []) AS tool_names,
