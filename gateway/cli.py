@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from gateway import __version__
 from gateway.auth import KeyRing, one_time_key
 from gateway.config import Config, ConfigError, load_config
-from gateway.routing import duplicate_models
+from gateway.errors import NotFound
+from gateway.routing import Router, duplicate_models
 from providers.registry import build_providers, discover
 
 log = logging.getLogger("gateway")
@@ -85,6 +86,22 @@ def validate(config: Config, env: Mapping[str, str]) -> list[str]:
         problems.append(f"default_provider: {config.default_provider!r} is not a configured provider")
     if config.logging.capture not in ("summary", "full"):
         problems.append(f"logging.capture: must be summary or full, not {config.logging.capture!r}")
+    return problems + _fallback_problems(config, Router(providers, config.default_provider))
+
+
+def _fallback_problems(config: Config, router: Router) -> list[str]:
+    """Fallbacks no provider serves: they would turn a provider's failure into a 404 at the worst moment."""
+    problems = []
+    for model, others in config.upstream.fallbacks.items():
+        where = f"upstream.fallbacks.{model}"
+        for other in others:
+            if not isinstance(other, str):
+                problems.append(f"{where}: expected model names, got {type(other).__name__}")
+                continue
+            try:
+                router.resolve(other)
+            except NotFound:
+                problems.append(f"{where}: {other!r} is not a model this config serves")
     return problems
 
 
