@@ -24,7 +24,7 @@ def run(*args: str) -> tuple[int, str]:
 
 
 def report(*args: str) -> dict[str, Any]:
-    code, text = run(*args, "--json", "--limit", "100000")
+    code, text = run(*args, "--json", "--limit", "0")
     assert code == 0
     return json.loads(text)
 

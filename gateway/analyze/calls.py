@@ -3,8 +3,10 @@
 A call missing its response was left unanswered (the gateway stopped mid-call); one missing its request
 started before the window or in a chunk that was lost. Filters apply to the call, so both records of a
 call are kept or dropped together. A call's model and provider are the ones that answered (the response
-record's, which differ from the request's when a fallback answered), else the ones asked for. The gateway writes each record once; sources are deduplicated by
-path, so records are not deduplicated again here (that would cost a sort of every record).
+record's, which differ from the request's when a fallback answered), else the ones asked for.
+
+The gateway writes each record once and sources are deduplicated by path, so records are not
+deduplicated again here (that would cost a sort of every record).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
-    parser.add_argument("--limit", type=int, default=15, help="rows in ranked tables (default 15)")
+    parser.add_argument("--limit", type=int, default=15, help="rows in ranked tables (default 15; 0: all)")
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -113,7 +113,8 @@ def analyze(args: argparse.Namespace, filters: Filters, prices: PriceTable, temp
     report.calls = build_calls(con, prices, filters)
     con.execute("DROP TABLE records")  # everything below reads `calls`; free the memory
     if report.calls:
-        report.sections = build_sections(con, tuple(args.sections.split(",")), args.limit, prices.source)
+        limit = args.limit if args.limit > 0 else 2**62
+        report.sections = build_sections(con, tuple(args.sections.split(",")), limit, prices.source)
     return report
 
 
