@@ -346,3 +346,21 @@ async def test_serve_takes_port_and_config_from_the_environment(
         assert fake_upstream.requests[0]["headers"]["Authorization"] == "Bearer f"
     finally:
         assert await gateway.stop() == 0
+
+
+def test_check_config_names_fallbacks_that_no_provider_serves(tmp_path: Path) -> None:
+    raw = {
+        "providers": {"nrp": {}},
+        "upstream": {"fallbacks": {"kimi": ["qwen3", "nowhere"], "glm-4.7": [5]}},
+    }
+    done = run_cli("check-config", str(write_config(tmp_path, raw)))
+    assert done.returncode == 2
+    wrong_type = "upstream.fallbacks.glm-4.7: expected model names, got int"
+    assert sorted(line.split(": ", 1)[1] for line in done.stderr.splitlines()) == [
+        wrong_type,
+        "upstream.fallbacks.kimi: 'nowhere' is not a model this config serves",
+    ]
+    # With a default provider, every model is served by someone.
+    path = write_config(tmp_path, {**raw, "default_provider": "nrp"}, "with-default.yaml")
+    done = run_cli("check-config", str(path))
+    assert done.stderr.splitlines() == [f"{path}: {wrong_type}"]
