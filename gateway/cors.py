@@ -58,7 +58,9 @@ class Cors:
 
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         origin = request.headers.get("Origin")
-        if origin and self.allowed(origin):
+        if not origin:
+            return
+        response.headers.add("Vary", "Origin")  # the answer differs by origin, allowed or not
+        if self.allowed(origin):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = "X-Request-Id, Retry-After"
-            response.headers.add("Vary", "Origin")

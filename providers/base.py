@@ -117,7 +117,7 @@ class Provider:
         if kwarg:
             body["chat_template_kwargs"] = {**sub_object(body, "chat_template_kwargs"), kwarg: enabled}
 
-    def adjust_body(self, body: dict[str, Any], model: str) -> bool:
+    def adjust_body(self, body: dict[str, Any], model: str, endpoint: Endpoint) -> bool:
         """Add what this provider always needs; return whether the body changed."""
         return False
 
@@ -138,7 +138,7 @@ class Provider:
         if model in self.settings.no_sampling_params:
             for param in SAMPLING_PARAMS:
                 changed = body.pop(param, None) is not None or changed
-        changed = self.adjust_body(body, model) or changed
+        changed = self.adjust_body(body, model, endpoint) or changed
         return orjson.dumps(body) if changed else raw
 
     def build_request(self, endpoint: Endpoint, body: bytes, stream: bool) -> UpstreamRequest:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from providers.base import Provider, ProviderSettings
+from providers.base import Endpoint, Provider, ProviderSettings
 
 
 class NRPProvider(Provider):
@@ -25,8 +25,9 @@ class NRPProvider(Provider):
         # vLLM keys its prefix cache by salt: one deployment never shares cached prompts with another.
         self.cache_salt = env.get("CACHE_SALT") or None
 
-    def adjust_body(self, body: dict[str, Any], model: str) -> bool:
-        if self.cache_salt and "cache_salt" not in body:
+    def adjust_body(self, body: dict[str, Any], model: str, endpoint: Endpoint) -> bool:
+        # Only generation has a prefix cache to salt; an embeddings server would reject the field.
+        if self.cache_salt and endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS) and "cache_salt" not in body:
             body["cache_salt"] = self.cache_salt
             return True
         return False

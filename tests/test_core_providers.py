@@ -116,6 +116,22 @@ async def test_nrp_keeps_a_cache_salt_the_client_chose(
     assert fake_upstream.requests[0]["body"]["cache_salt"] == "mine"
 
 
+async def test_nrp_salts_only_generation_not_embeddings(
+    built_ins: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        built_ins.url + "/v1/embeddings", json={"model": "kimi", "input": "x"}, headers=AUTH
+    ) as r:
+        assert r.status == 200, await r.text()
+    async with http.post(
+        built_ins.url + "/v1/completions", json={"model": "kimi", "prompt": "x"}, headers=AUTH
+    ) as r:
+        assert r.status == 200, await r.text()
+    embeddings, completions = (request["body"] for request in fake_upstream.requests)
+    assert "cache_salt" not in embeddings
+    assert completions["cache_salt"] == "salt-of-this-deployment"
+
+
 THINKING = [
     ("kimi", {"chat_template_kwargs": {"thinking": True}}),
     ("qwen3", {"chat_template_kwargs": {"enable_thinking": True}}),
