@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from gateway import __version__
 from gateway.auth import KeyRing, one_time_key
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, load_config, read_raw
 from gateway.errors import NotFound
 from gateway.routing import Router, duplicate_models
 from providers.registry import build_providers, discover
@@ -105,12 +105,26 @@ def _fallback_problems(config: Config, router: Router) -> list[str]:
     return problems
 
 
+def _provider_problems(path: str) -> list[str]:
+    """The provider sections' problems, for a file whose other sections did not parse: all said in one run."""
+    try:
+        sections = read_raw(path).get("providers")
+    except ConfigError:
+        return []
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+        return []
+    providers, problems = build_providers(sections, discover(), os.environ)
+    return problems + duplicate_models(providers)
+
+
 def check_config(path: str) -> int:
     try:
         config = load_config(path)
         problems = validate(config, os.environ)
-    except (ConfigError, OSError) as exc:
-        problems = exc.problems if isinstance(exc, ConfigError) else [exc.strerror or str(exc)]
+    except ConfigError as exc:
+        problems = exc.problems + _provider_problems(path)
+    except OSError as exc:
+        problems = [exc.strerror or str(exc)]
     if problems:
         for line in problems:
             print(f"{path}: {line}", file=sys.stderr)

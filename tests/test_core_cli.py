@@ -364,3 +364,19 @@ def test_check_config_names_fallbacks_that_no_provider_serves(tmp_path: Path) ->
     path = write_config(tmp_path, {**raw, "default_provider": "nrp"}, "with-default.yaml")
     done = run_cli("check-config", str(path))
     assert done.stderr.splitlines() == [f"{path}: {wrong_type}"]
+
+
+def test_check_config_reports_provider_problems_beside_top_level_ones(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "default_provider: 3\n"
+        "providers:\n"
+        "  a: {endpoint: 'ftp://x', models: [m]}\n"
+        "  b: {endpoint: 'https://y/v1/chat/completions', models: [m]}\n"
+    )
+    done = run_cli("check-config", str(path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 3, lines  # all three said in one run, one line each
+    assert "default_provider" in lines[0]
+    assert "not an http(s) URL" in lines[1] and "already served" in lines[2]
