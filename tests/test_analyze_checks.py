@@ -144,6 +144,10 @@ def check_cost(section: Report, calls: list[dict[str, Any]]) -> None:
         assert row["calls"] == len(mine)
         assert row["cost_reported"] == approx(_sum([reported_cost(c) for c in mine]))
         assert row["cost_estimated"] == approx(_sum([estimated_cost(c) for c in mine]))
+        mine_unpriced = [
+            c for c in mine if c in with_usage and reported_cost(c) is None and estimated_cost(c) is None
+        ]
+        assert row["unpriced"] == len(mine_unpriced)
 
 
 def check_tools(section: Report, calls: list[dict[str, Any]]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from moto_s3 import S3
 from test_analyze_checks import check_report
 from test_analyze_expected import calls_of, quantile, read_folder
 
@@ -157,3 +158,26 @@ def test_missing_source_and_bad_price_table_are_one_line_errors(
     (tmp_path / "logs").mkdir()
     assert run(str(tmp_path / "logs"), "--prices", str(prices))[0] == 2
     assert "kimi.prompt: expected a number" in capsys.readouterr().err
+
+
+def test_bucket_prefix_reads_only_the_date_folders_asked_for(
+    dataset: tuple[Path, SynthStats], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same chunks under `s3://bucket/ns-a/` in moto's S3, beside another namespace's prefix."""
+    root, _ = dataset
+    s3 = S3().start()
+    try:
+        client = s3.client()
+        for path in root.rglob("*.jsonl"):
+            relative = path.relative_to(root).as_posix()
+            client.put_object(Bucket=s3.bucket, Key=f"ns-a/{relative}", Body=path.read_bytes())
+        client.put_object(Bucket=s3.bucket, Key="ns-b/2026-10-02/00-00-00-h-1-aa.jsonl", Body=b"{}\n")
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        from_bucket = report(f"s3://{s3.bucket}/ns-a", "--since", "2026-10-02", "--until", "2026-10-03")
+        from_folder = report(str(root), "--since", "2026-10-02", "--until", "2026-10-03")
+    finally:
+        s3.stop()
+    assert from_bucket["read"]["objects"] == from_folder["read"]["objects"] > 0
+    for key in ("calls", "sections"):
+        assert from_bucket[key] == from_folder[key]

@@ -147,7 +147,7 @@ def errors_section(con: duckdb.DuckDBPyConnection, limit: int) -> Section:
             "SELECT provider, model, count(*) FILTER (WHERE status = 429), "
             "count(*) FILTER (WHERE status = 429) / count(*), max(ts) FILTER (WHERE status = 429) "
             "FROM calls GROUP BY ALL HAVING count(*) FILTER (WHERE status = 429) > 0 "
-            f"ORDER BY 3 DESC LIMIT {limit}",
+            f"ORDER BY 3 DESC, 1, 2 LIMIT {limit}",
         ),
     ]
     section.notes = ["a request whose response falls outside the window read shows as unanswered."]
@@ -275,8 +275,10 @@ def questions_section(con: duckdb.DuckDBPyConnection, limit: int) -> Section:
                 C("first_asked", "first asked", "time"),
                 C("last_asked", "last asked", "time"),
             ],
-            "SELECT mode(text), count(*), min(asked_at), max(asked_at) FROM asks GROUP BY norm "
-            f"ORDER BY 2 DESC, 3, 1 LIMIT {limit}",
+            f"""WITH spellings AS (SELECT norm, text, count(*) AS n FROM asks GROUP BY ALL),
+                shown AS (SELECT norm, first(text ORDER BY n DESC, text) AS text FROM spellings GROUP BY norm)
+            SELECT any_value(shown.text), count(*), min(asked_at), max(asked_at)
+            FROM asks JOIN shown USING (norm) GROUP BY norm ORDER BY 2 DESC, 3, 1 LIMIT {limit}""",
         ),
         query_table(
             con,

@@ -99,7 +99,7 @@ def models_section(con: duckdb.DuckDBPyConnection, limit: int) -> Section:
             "models",
             "By model",
             [C("provider", "provider"), C("model", "model"), *common],
-            f"SELECT provider, model, {counts} FROM calls GROUP BY ALL ORDER BY 3 DESC, 2 LIMIT {limit}",
+            f"SELECT provider, model, {counts} FROM calls GROUP BY ALL ORDER BY 3 DESC, 2, 1 LIMIT {limit}",
         ),
         query_table(
             con,
@@ -111,8 +111,11 @@ def models_section(con: duckdb.DuckDBPyConnection, limit: int) -> Section:
                 C("sessions", "sessions", "int"),
                 C("top_model", "top model"),
             ],
-            f"SELECT origin, {counts}, count(DISTINCT session_id), mode(model) FROM calls "
-            f"GROUP BY ALL ORDER BY 2 DESC, 1 LIMIT {limit}",
+            f"""WITH per_model AS (SELECT origin, model, count(*) AS n FROM calls GROUP BY ALL),
+                top AS (SELECT origin, first(model ORDER BY n DESC, model) AS model FROM per_model GROUP BY 1)
+            SELECT c.origin, {counts}, count(DISTINCT c.session_id), any_value(top.model)
+            FROM calls c LEFT JOIN top ON c.origin IS NOT DISTINCT FROM top.origin
+            GROUP BY c.origin ORDER BY 2 DESC, 1 LIMIT {limit}""",
         ),
         query_table(
             con,
@@ -165,7 +168,7 @@ def latency_section(con: duckdb.DuckDBPyConnection, limit: int) -> Section:
         "per_model",
         "By model",
         [C("model", "model"), *columns],
-        f"SELECT model, {body} FROM calls WHERE {ok} GROUP BY model ORDER BY 2 DESC LIMIT {limit}",
+        f"SELECT model, {body} FROM calls WHERE {ok} GROUP BY model ORDER BY 2 DESC, 1 LIMIT {limit}",
     )
     section.tables = [per_model]
     models = [str(r[0]) for r in per_model.rows[:6] if r[0] is not None]
@@ -250,9 +253,9 @@ def cost_section(con: duckdb.DuckDBPyConnection, limit: int, price_source: str) 
             C("unpriced", "unpriced calls", "int"),
         ],
         f"""SELECT provider, model, count(*), {sums},
-                                count(*) FILTER (WHERE total_tokens IS NOT NULL AND cost_reported IS NULL
-                                                 AND cost_estimated IS NULL)
-                                FROM calls GROUP BY ALL ORDER BY 10 DESC NULLS LAST, 3 DESC LIMIT {limit}""",
+                   count(*) FILTER (WHERE (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)
+                                    AND cost_reported IS NULL AND cost_estimated IS NULL)
+            FROM calls GROUP BY ALL ORDER BY 10 DESC NULLS LAST, 3 DESC, 2, 1 LIMIT {limit}""",
     )
     per_origin = query_table(
         con,
@@ -260,7 +263,7 @@ def cost_section(con: duckdb.DuckDBPyConnection, limit: int, price_source: str) 
         "By origin",
         [C("origin", "origin"), C("calls", "calls", "int"), *token_cols],
         f"SELECT origin, count(*), {sums} FROM calls GROUP BY ALL "
-        f"ORDER BY 9 DESC NULLS LAST, 2 DESC LIMIT {limit}",
+        f"ORDER BY 9 DESC NULLS LAST, 2 DESC, 1 LIMIT {limit}",
     )
     section.tables = [per_model, per_origin]
     priced = [r for r in per_model.rows if r[9]]
