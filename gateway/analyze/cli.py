@@ -14,7 +14,9 @@ from gateway.analyze.calls import Filters, build_calls
 from gateway.analyze.html import render_html
 from gateway.analyze.prices import PriceTable, PriceTableError, find_price_file, load_prices
 from gateway.analyze.read import SourceError, read_sources
-from gateway.analyze.report import SECTIONS, Report, build_sections
+from gateway.analyze.report import Report
+from gateway.analyze.sections import SECTIONS, build_sections
+from gateway.analyze.sections.common import Context
 from gateway.analyze.sources import Window, parse_since, parse_until
 from gateway.analyze.store import REPORT_FIELDS, REPORT_PROJECTION, RecordTable, connect
 from gateway.analyze.text import render_report
@@ -113,8 +115,8 @@ def analyze(args: argparse.Namespace, filters: Filters, prices: PriceTable, temp
     report.calls = build_calls(con, prices, filters)
     con.execute("DROP TABLE records")  # everything below reads `calls`; free the memory
     if report.calls:
-        limit = args.limit if args.limit > 0 else 2**62
-        report.sections = build_sections(con, tuple(args.sections.split(",")), limit, prices.source)
+        context = Context(args.limit if args.limit > 0 else 2**62, prices.source)
+        report.sections = build_sections(con, tuple(args.sections.split(",")), context)
     return report
 
 

@@ -101,23 +101,41 @@ class Section:
         }
 
 
+def columns(spec: str) -> list[Column]:
+    """Columns from a spec like `day, calls:int, cost_reported:usd=reported $` (key[:fmt][=title])."""
+    out = []
+    for item in spec.split(", "):
+        head, _, title = item.strip().partition("=")
+        key, _, kind = head.partition(":")
+        out.append(Column(key, title or key.replace("_", " "), kind or "text"))
+    return out
+
+
 def query_table(
-    con: duckdb.DuckDBPyConnection,
-    key: str,
-    title: str,
-    columns: list[Column],
-    sql: str,
-    params: list[Any] | None = None,
+    con: duckdb.DuckDBPyConnection, key: str, title: str, spec: str, sql: str, params: Any = None
 ) -> Table:
-    """Run `sql` (selecting the columns in order) into a Table."""
+    """Run `sql` (selecting the columns of `spec` in order) into a Table."""
     rows = con.execute(sql, params or []).fetchall()
-    return Table(key, title, tuple(columns), [tuple(_plain(v) for v in row) for row in rows])
+    return Table(key, title, tuple(columns(spec)), [tuple(_plain(v) for v in row) for row in rows])
 
 
-def query_facts(con: duckdb.DuckDBPyConnection, spec: list[tuple[str, str, str]], sql: str) -> list[Fact]:
-    """Run `sql` returning one row; pair its values with (key, label, fmt) triples."""
-    row = con.execute(sql).fetchone() or tuple(None for _ in spec)
-    return [Fact(key, label, _plain(value), fmt) for (key, label, fmt), value in zip(spec, row, strict=True)]
+def query_facts(con: duckdb.DuckDBPyConnection, spec: str, sql: str) -> list[Fact]:
+    """Run `sql` returning one row; its values are the facts of `spec` (as for `columns`)."""
+    cols = columns(spec)
+    row = con.execute(sql).fetchone() or tuple(None for _ in cols)
+    return [Fact(c.key, c.title, _plain(v), c.fmt) for c, v in zip(cols, row, strict=True)]
+
+
+def table_chart(
+    table: Table, key: str, title: str, kind: str, by: str, series: dict[str, str], **options: Any
+) -> Chart:
+    """A chart of `table`: labels from column `by`, one series (name: column key) per entry of `series`."""
+    index = {c.key: i for i, c in enumerate(table.columns)}
+    labels = [label(row[index[by]]) for row in table.rows]
+    lines = [
+        Series(name, [float(row[index[col]] or 0) for row in table.rows]) for name, col in series.items()
+    ]
+    return Chart(key, title, kind, labels, lines, **options)
 
 
 def label(value: Value) -> str:

@@ -5,14 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
-
-from gateway.analyze import report_behaviour as behaviour
-from gateway.analyze import report_usage as usage
 from gateway.analyze.batches import ReadStats
 from gateway.analyze.model import Section
-
-SECTIONS = ("time", "models", "latency", "cost", "tools", "errors", "sessions", "questions")
 
 
 @dataclass
@@ -81,20 +75,3 @@ def read_warnings(read: ReadStats) -> list[str]:
         warnings.append(f"{len(read.partial_chunks)} chunk(s) end in a partially written line: {shown}")
     warnings += [f"could not read {item}" for item in read.unreadable]
     return warnings
-
-
-def build_sections(
-    con: duckdb.DuckDBPyConnection, wanted: tuple[str, ...], limit: int, price_source: str
-) -> list[Section]:
-    """Compute the sections asked for, in report order, over the `calls` table."""
-    builders = {
-        "time": lambda: usage.time_section(con, limit),
-        "models": lambda: usage.models_section(con, limit),
-        "latency": lambda: usage.latency_section(con, limit),
-        "cost": lambda: usage.cost_section(con, limit, price_source),
-        "tools": lambda: behaviour.tools_section(con, limit),
-        "errors": lambda: behaviour.errors_section(con, limit),
-        "sessions": lambda: behaviour.sessions_section(con, limit),
-        "questions": lambda: behaviour.questions_section(con, limit),
-    }
-    return [builders[key]() for key in SECTIONS if key in wanted]
