@@ -55,6 +55,9 @@ class Metrics:
         self.log_upload_failures = Counter("gateway_log_upload_failures", "Failed upload rounds", registry=r)
         self.log_spool_bytes = Gauge("gateway_log_spool_bytes", "Bytes waiting in the spool", registry=r)
         self._models: set[str] = set()
+        # Label children looked up once per label set: `labels()` takes a lock and builds a key every time.
+        self._call_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._ttfb_children: dict[tuple[str, str], Histogram] = {}
 
     def model_label(self, model: str | None) -> str:
         """The model as a label value, folding names past MAX_MODELS into "other"."""
@@ -71,10 +74,20 @@ class Metrics:
         self, provider: str, model: str, status: int, seconds: float, ttfb: float | None
     ) -> None:
         """Count one finished call."""
-        self.requests.labels(provider, model, str(status)).inc()
-        self.latency.labels(provider, model).observe(seconds)
+        children = self._call_children.get((provider, model, status))
+        if children is None:
+            children = (
+                self.requests.labels(provider, model, str(status)),
+                self.latency.labels(provider, model),
+            )
+            self._call_children[provider, model, status] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if ttfb is not None:
-            self.ttfb.labels(provider, model).observe(ttfb)
+            histogram = self._ttfb_children.get((provider, model))
+            if histogram is None:
+                histogram = self._ttfb_children[provider, model] = self.ttfb.labels(provider, model)
+            histogram.observe(ttfb)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
