@@ -7,11 +7,13 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from gateway import __version__
 from gateway.auth import KeyRing, one_time_key
 from gateway.config import Config, ConfigError, load_config, read_raw
 from gateway.errors import NotFound
+from gateway.prices import PriceTableError, load_prices
 from gateway.routing import Router, duplicate_models
 from providers.registry import build_providers, discover
 
@@ -84,6 +86,11 @@ def validate(config: Config, env: Mapping[str, str]) -> list[str]:
     problems += duplicate_models(providers)
     if config.default_provider is not None and config.default_provider not in config.providers:
         problems.append(f"default_provider: {config.default_provider!r} is not a configured provider")
+    if config.logging.prices:
+        try:
+            load_prices(Path(config.logging.prices))
+        except PriceTableError as exc:
+            problems.append(f"logging.prices: {exc}")
     if config.logging.capture not in ("summary", "full"):
         problems.append(f"logging.capture: must be summary or full, not {config.logging.capture!r}")
     return problems + _fallback_problems(config, Router(providers, config.default_provider))

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-PRICES = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
+PRICES = Path(__file__).resolve().parents[1] / "gateway" / "prices.yaml"
 
 
 @dataclass

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 
 from gateway.analyze.batches import count_lines, ends_partially
-from gateway.analyze.prices import Price, PriceTableError, load_prices
 from gateway.analyze.progress import Progress
 from gateway.analyze.s3 import client_settings, split_url
 from gateway.analyze.sources import Window, local_files, parse_since, parse_until
 from gateway.analyze.text import fmt
+from gateway.prices import Price, PriceTableError, load_prices
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_project_price_table_loads_with_exact_ids_and_prefixes() -> None:
-    table = load_prices(ROOT / "config" / "prices.yaml")
+    table = load_prices(ROOT / "gateway" / "prices.yaml")
     assert table.lookup("kimi") == Price(0.60, 2.50, 0.15)
     assert table.lookup("anthropic/claude-sonnet-4.5") == Price(3.00, 15.00, 0.30)
     assert table.lookup("anthropic/claude-sonnet-5") == table.prefixes["anthropic/claude-sonnet-"]

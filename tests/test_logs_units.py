@@ -14,6 +14,7 @@ from gateway.calls import Call
 from gateway.config import LoggingSettings
 from gateway.logs.records import RecordBuilder
 from gateway.logs.spool import Spool
+from gateway.prices import Price, PriceTable
 from gateway.scrub import REDACTED, Scrubber
 from providers.base import Endpoint
 
@@ -116,7 +117,7 @@ def test_response_record_from_stream_chunks() -> None:
         },
     ):
         call.answer.add_chunk(orjson.dumps(chunk))
-    prices = {"kimi": {"prompt": 1.0, "completion": 2.0}}
+    prices = PriceTable({"kimi": Price(prompt=1.0, completion=2.0)})
     record = RecordBuilder(LoggingSettings(), prices).response(call, time.time())
     assert record["content"] == "Ten" and record["has_content"] is True
     assert record["reasoning_content"] == "hmm " and record["has_reasoning_content"] is True
@@ -137,7 +138,8 @@ def test_provider_reported_cost_wins_over_price_table() -> None:
             }
         )
     )
-    record = RecordBuilder(LoggingSettings(), {"kimi": {"prompt": 9.0}}).response(call, time.time())
+    table = PriceTable({"kimi": Price(prompt=9.0, completion=9.0)})
+    record = RecordBuilder(LoggingSettings(), table).response(call, time.time())
     assert (record["cost"], record["cost_source"]) == (0.25, "provider")
 
 

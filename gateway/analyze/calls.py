@@ -16,8 +16,8 @@ from typing import Any
 
 import duckdb
 
-from gateway.analyze.prices import PriceTable
 from gateway.analyze.sources import Window
+from gateway.prices import PriceTable
 
 CALLS_SQL = """
 CREATE OR REPLACE TABLE calls AS

@@ -12,7 +12,6 @@ from typing import TextIO
 from gateway.analyze import transcript
 from gateway.analyze.calls import Filters, build_calls
 from gateway.analyze.html import render_html
-from gateway.analyze.prices import PriceTable, PriceTableError, find_price_file, load_prices
 from gateway.analyze.read import SourceError, read_sources
 from gateway.analyze.report import Report
 from gateway.analyze.sections import SECTIONS, build_sections
@@ -20,6 +19,7 @@ from gateway.analyze.sections.common import Context
 from gateway.analyze.sources import Window, parse_since, parse_until
 from gateway.analyze.store import REPORT_FIELDS, REPORT_PROJECTION, RecordTable, connect
 from gateway.analyze.text import render_report
+from gateway.prices import PriceTable, PriceTableError, find_price_file, load_prices
 
 EPILOG = """
 SOURCE is a chunk file, a folder (date folders outside --since/--until are skipped), a glob, or
@@ -51,7 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--html", type=Path, metavar="PATH", help="also write a self-contained HTML report")
     parser.add_argument("--session", metavar="ID", help="print one session as a transcript instead")
     parser.add_argument(
-        "--prices", type=Path, metavar="PATH", help="price table (default: config/prices.yaml)"
+        "--prices",
+        type=Path,
+        metavar="PATH",
+        help="price table (default: ./config/prices.yaml, else the shipped one)",
     )
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"

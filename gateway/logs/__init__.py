@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import web
 
 from gateway.config import LoggingSettings
@@ -18,6 +17,7 @@ from gateway.logs.recorder import LogRecorder
 from gateway.logs.records import RecordBuilder
 from gateway.logs.spool import Spool
 from gateway.logs.uploader import S3Target
+from gateway.prices import SHIPPED_PATH, load_prices
 from gateway.scrub import Scrubber
 from gateway.state import GATEWAY
 
@@ -84,14 +84,6 @@ async def open_recorder(
                 settings.flush_interval_s,
                 spool.root,
             )
-    builder = RecordBuilder(settings, load_prices(settings.prices))
+    prices = load_prices(Path(settings.prices) if settings.prices else SHIPPED_PATH)
+    builder = RecordBuilder(settings, prices)
     return LogRecorder(builder, spool, scrubber, metrics, uploader=uploader, stdout=settings.stdout)
-
-
-def load_prices(path: str | None) -> dict[str, dict[str, float]]:
-    """Model -> USD per million tokens (`prompt`, `completion`, `cached_prompt`) from a YAML price table."""
-    if not path:
-        return {}
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    models = data.get("models", data) if isinstance(data, dict) else {}
-    return {str(k): v for k, v in models.items() if isinstance(v, dict)}

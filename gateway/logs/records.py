@@ -16,6 +16,7 @@ import orjson
 
 from gateway.calls import Call
 from gateway.config import LoggingSettings
+from gateway.prices import PriceTable
 
 
 def iso(ts: float) -> str:
@@ -45,7 +46,7 @@ class RecordBuilder:
     """Turns calls into records under one capture setting; remembers which system prompts it stored."""
 
     settings: LoggingSettings
-    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    prices: PriceTable = field(default_factory=PriceTable)
     _seen_prompts: set[str] = field(default_factory=set)
 
     @property
@@ -183,19 +184,14 @@ class RecordBuilder:
         if not usage:
             return None, None
         reported = usage.get("cost")
-        if isinstance(reported, int | float):
+        if isinstance(reported, int | float) and not isinstance(reported, bool):
             return float(reported), "provider"
-        price = self.prices.get(model or "")
-        if not price:
+        price = self.prices.lookup(model)
+        if price is None:
             return None, None
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        prompt = (usage.get("prompt_tokens") or 0) - cached
-        total = (
-            prompt * price.get("prompt", 0)
-            + cached * price.get("cached_prompt", price.get("prompt", 0))
-            + (usage.get("completion_tokens") or 0) * price.get("completion", 0)
-        ) / 1e6
-        return round(total, 8), "price_table"
+        cost = price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached)
+        return round(cost, 8), "price_table"
 
 
 def _capped_message(message: dict[str, Any], limit: int) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The price table (`config/prices.yaml`): USD per million tokens, by exact model id or longest prefix."""
+"""The price table: USD per million tokens, by exact model id or longest prefix.
+
+The gateway fills a record's `cost` from it when the provider reported none; the analyzer estimates cost
+with it. `gateway/prices.yaml` ships as the default; `logging.prices` and `--prices` name an edited copy.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from typing import Any
 
 import yaml
 
-DEFAULT_PATH = Path("config") / "prices.yaml"
+LOCAL_PATH = Path("config") / "prices.yaml"  # an operator's edited copy, beside the config
+SHIPPED_PATH = Path(__file__).with_name("prices.yaml")
 
 
 class PriceTableError(ValueError):
@@ -85,10 +90,10 @@ def _number(path: Path, name: str, key: str, value: Any) -> float:
 
 
 def find_price_file(explicit: Path | None) -> Path | None:
-    """The price file to use: the one given, else `config/prices.yaml` here, else the project's own."""
+    """The price file to use: the one given, else `config/prices.yaml` here, else the shipped table."""
     if explicit is not None:
         return explicit
-    for candidate in (DEFAULT_PATH, Path(__file__).resolve().parents[2] / DEFAULT_PATH):
+    for candidate in (LOCAL_PATH, SHIPPED_PATH):
         if candidate.is_file():
             return candidate
     return None
