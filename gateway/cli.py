@@ -1,4 +1,4 @@
-"""The `open-llm-proxy` command: serve, check-config, providers."""
+"""The `open-llm-proxy` command: serve, check-config, providers, and the analyzer and agent runner."""
 
 from __future__ import annotations
 
@@ -68,16 +68,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the provider plugins installed",
         description="List the provider plugins found by entry point, with their distribution.",
     )
+    for name, what in (
+        ("analyze", "reports on the gateway's logs, as scripts/analyze_logs.py (analyze --help)"),
+        ("agent", "an MCP tool-use session through the gateway, as scripts/agent_runner.py (agent --help)"),
+    ):
+        sub = commands.add_parser(name, help=what, add_help=False)
+        sub.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("analyze", "agent"):  # their own parsers take every argument, --help included
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
     if args.command == "providers":
         return list_providers()
     return serve(args)
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    if command == "analyze":
+        from gateway.analyze.cli import main as analyze
+
+        return analyze(argv)
+    from gateway.agent.cli import main as agent
+
+    return agent(argv)
 
 
 def validate(config: Config, env: Mapping[str, str]) -> list[str]:

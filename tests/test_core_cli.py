@@ -380,3 +380,10 @@ def test_check_config_reports_provider_problems_beside_top_level_ones(tmp_path: 
     assert len(lines) == 3, lines  # all three said in one run, one line each
     assert "default_provider" in lines[0]
     assert "not an http(s) URL" in lines[1] and "already served" in lines[2]
+
+
+def test_analyze_and_agent_are_reachable_from_the_command(tmp_path: Path) -> None:
+    assert "--max-turns" in run_cli("agent", "--help").stdout
+    done = run_cli("analyze", str(tmp_path))  # an empty folder: said plainly, not a crash
+    assert done.returncode == 0, done.stderr
+    assert "no log files found" in done.stdout.lower()
