@@ -77,6 +77,8 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     settings = gw.config.upstream
     connector = aiohttp.TCPConnector(limit=settings.max_connections, ttl_dns_cache=300, keepalive_timeout=60)
-    async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+    # No cookie jar: an upstream's cookies must never pass from one client's call to another's.
+    jar = aiohttp.DummyCookieJar()
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=jar, raise_for_status=False) as session:
         gw.upstream = Upstream(session, settings, gw.metrics)
         yield

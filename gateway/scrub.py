@@ -19,6 +19,25 @@ _KEY_LIKE = re.compile(
     r"|((?:KEY_ID|SECRET)\s+')[^']{4,}"
 )
 _KEY_LIKE_BYTES = re.compile(_KEY_LIKE.pattern.encode())
+# A literal (lower case) that every match of _KEY_LIKE contains. The regex has no fixed prefix, so it is tried
+# at every byte of a line; these substring checks are ~10x cheaper and let most records skip it entirely.
+_TRIGGERS = (
+    b"bearer",
+    b"sk-",
+    b"pk-",
+    b"rk-",
+    b"or-",
+    b"olp-",
+    b"akia",
+    b"secret",
+    b"s3_key",
+    b"api_key",
+    b"apikey",
+    b"passw",
+    b'token"',
+    b'token\\"',
+    b"key_id",
+)
 
 
 def _keep_label(kind: type) -> Any:
@@ -46,7 +65,8 @@ class Scrubber:
     def line(self, value: bytes) -> bytes:
         """A serialized record with secrets and key-like strings replaced (one pass over the whole line)."""
         value = self.raw(value)
-        if _KEY_LIKE_BYTES.search(value) is None:
+        lowered = value.lower()
+        if not any(trigger in lowered for trigger in _TRIGGERS):
             return value
         return _KEY_LIKE_BYTES.sub(_keep_label(bytes), value)
 
