@@ -39,7 +39,7 @@ class Metrics:
             "gateway_upstream_retries", "Upstream attempts retried", ["provider"], registry=r
         )
         self.open_streams = Gauge(
-            "gateway_open_streams", "Streams being relayed now", ["provider"], registry=r
+            "gateway_open_streams", "Streams being relayed now", ["provider", "model"], registry=r
         )
         self.in_flight = Gauge("gateway_in_flight_requests", "Calls being handled now", registry=r)
         self.log_records = Counter("gateway_log_records", "Log records built and written", registry=r)
@@ -58,6 +58,15 @@ class Metrics:
         # Label children looked up once per label set: `labels()` takes a lock and builds a key every time.
         self._call_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._ttfb_children: dict[tuple[str, str], Histogram] = {}
+        self._stream_children: dict[tuple[str, str], Gauge] = {}
+
+    def stream_gauge(self, provider: str, model: str | None) -> Gauge:
+        """The open-streams gauge of one provider and model."""
+        key = (provider, self.model_label(model))
+        gauge = self._stream_children.get(key)
+        if gauge is None:
+            gauge = self._stream_children[key] = self.open_streams.labels(*key)
+        return gauge
 
     def model_label(self, model: str | None) -> str:
         """The model as a label value, folding names past MAX_MODELS into "other"."""

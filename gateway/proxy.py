@@ -32,7 +32,8 @@ from providers.base import Endpoint, InvalidBody, Provider
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Upstream headers worth handing back: rate limits tell well-behaved clients when to slow down.
-_PASSED_HEADER = re.compile(r"(?i)^(retry-after|x-ratelimit-.*|openai-processing-ms)$")
+_PASSED_HEADERS = frozenset({"retry-after", "openai-processing-ms"})
+_PASSED_PREFIX = "x-ratelimit-"
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _REQUIRED = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt", Endpoint.EMBEDDINGS: "input"}
 
@@ -211,7 +212,7 @@ async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse)
     raw = await gw.upstream.read(upstream, call.provider or "")
     call.first_byte = call.first_byte or time.perf_counter()
     call.status = upstream.status
-    headers = {str(k): v for k, v in upstream.headers.items() if _PASSED_HEADER.match(k)}
+    headers = {str(k): v for k, v in upstream.headers.items() if _passed(k.lower())}
     if upstream.status >= 400:
         call.upstream_headers = headers or None
         raw = normalize_upstream_error(upstream.status, gw.scrubber.raw(raw))
@@ -232,7 +233,7 @@ async def _relay_stream(
     await response.prepare(request)
     call.status = 200
     splitter = EventSplitter()
-    gauge = gw.metrics.open_streams.labels(call.provider or "")
+    gauge = gw.metrics.stream_gauge(call.provider or "", call.model)
     gauge.inc()
     try:
         async for data in gw.upstream.chunks(upstream, call.provider or ""):
@@ -264,6 +265,10 @@ async def _forward(response: web.StreamResponse, call: Call, events: list[bytes]
         payload = event_data(event)
         if payload and payload != DONE:
             answer.add_chunk(payload)
+
+
+def _passed(name: str) -> bool:
+    return name in _PASSED_HEADERS or name.startswith(_PASSED_PREFIX)
 
 
 def _usage_only(event: bytes) -> bool:

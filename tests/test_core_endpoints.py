@@ -265,5 +265,5 @@ async def test_metrics_count_requests_latency_ttfb_and_errors_by_provider_and_mo
     assert samples[_key("gateway_time_to_first_chunk_seconds_bucket", **model, le="+Inf")] == 2
     assert samples[_key("gateway_upstream_retries_total", provider="fake")] == 1
     assert samples[_key("gateway_upstream_errors_total", provider="fake", reason="http_503")] == 1
-    assert samples[_key("gateway_open_streams", provider="fake")] == 0
+    assert samples[_key("gateway_open_streams", **model)] == 0
     assert PROXY_KEY not in str(samples)

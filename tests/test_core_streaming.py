@@ -94,12 +94,12 @@ async def test_open_streams_gauge_counts_a_stream_while_it_runs(
     fake_upstream.gate.put_nowait(None)
     async with http.post(gateway.url + "/v1/chat/completions", json=STREAM, headers=AUTH) as response:
         await asyncio.wait_for(response.content.readuntil(b"\n\n"), STEP_S)
-        assert gateway.gw.metrics.open_streams.labels("fake")._value.get() == 1
+        assert gateway.gw.metrics.open_streams.labels("fake", "fake-model")._value.get() == 1
         assert gateway.gw.in_flight == 1
         for _ in range(20):
             fake_upstream.gate.put_nowait(None)
         await asyncio.wait_for(response.read(), STEP_S)
-    assert gateway.gw.metrics.open_streams.labels("fake")._value.get() == 0
+    assert gateway.gw.metrics.open_streams.labels("fake", "fake-model")._value.get() == 0
     assert gateway.gw.in_flight == 0
 
 

@@ -202,7 +202,7 @@ async def test_a_client_leaving_mid_stream_cancels_the_upstream_stream(
     )
     await _assert_upstream_saw_disconnect(gateway, fake_upstream)
     assert gateway.recorder.responses()[0].status == 200  # the stream had started
-    assert gateway.gw.metrics.open_streams.labels("fake")._value.get() == 0
+    assert gateway.gw.metrics.open_streams.labels("fake", "fake-model")._value.get() == 0
 
 
 async def test_a_client_leaving_a_non_streaming_call_cancels_the_upstream_call(
