@@ -7,20 +7,12 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import sync_playwright
 
 from gateway.analyze.cli import main
 from gateway.analyze.synthetic import SynthConfig, generate
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 CHARTS = (
     "calls_per_day",
     "calls_by_model",
@@ -40,11 +32,10 @@ def page_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 def test_charts_render_offline_in_chromium(page_file: Path) -> None:
     requests: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("request", lambda r: requests.append(r.url))
         page.goto(page_file.as_uri())

@@ -14,20 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from browser import CHROMIUM, CHROMIUM_ARGS
 from conftest import AUTH, CHAT, PROXY_KEY, MakeGateway, RunningGateway, gateway_config, serving
 from fake_upstream import FakeUpstream
 from playwright.async_api import Browser, Page, async_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--host-resolver-rules=MAP *.localtest 127.0.0.1",
-]
+LAUNCH_ARGS = [*CHROMIUM_ARGS, "--host-resolver-rules=MAP *.localtest 127.0.0.1"]
 STEP_S = 10
 
 # The page's script: stream a chat answer with fetch() and read it chunk by chunk, keeping score in
@@ -87,7 +79,7 @@ async def cors_gateway(
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         try:
             yield chromium
         finally:
