@@ -28,7 +28,7 @@ from gateway.errors import (
 from gateway.sse import DONE, EventSplitter, error_event, event_data
 from gateway.state import GATEWAY, REQUEST_ID, Gateway
 from gateway.upstream import RETRY_STATUSES
-from providers.base import Endpoint, InvalidBody, Provider
+from providers.base import Endpoint, InvalidBody, Provider, UpstreamRequest
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Upstream headers worth handing back: rate limits tell well-behaved clients when to slow down.
@@ -166,7 +166,9 @@ async def _send(
 ) -> tuple[Provider, aiohttp.ClientResponse, bool]:
     """Send to the routed model, then to its fallbacks while the answer is a retryable failure."""
     model = call.model or ""
-    candidates = [model, *gw.upstream.settings.fallbacks.get(model, ())]
+    # /llm forwards the client's bytes to the default provider as they are: no other model stands in for it.
+    fallbacks = () if call.endpoint is Endpoint.RAW else gw.upstream.settings.fallbacks.get(model, ())
+    candidates = [model, *fallbacks]
     for i, candidate in enumerate(candidates):
         last = i == len(candidates) - 1
         if i:
@@ -187,7 +189,9 @@ async def _send(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _build(call: Call, provider: Provider, body: dict[str, Any], raw: bytes, model: str) -> tuple[Any, bool]:
+def _build(
+    call: Call, provider: Provider, body: dict[str, Any], raw: bytes, model: str
+) -> tuple[UpstreamRequest, bool]:
     """The upstream request, asking for stream usage when the client did not (it is removed again)."""
     changed = not raw
     strip_usage = False

@@ -93,6 +93,22 @@ async def test_llm_passes_the_raw_body_to_the_default_provider_byte_for_byte(
     assert fake_upstream.requests[1]["raw"] == streamed
 
 
+async def test_llm_takes_no_fallback_model_and_keeps_the_clients_bytes(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    raw_config = gateway_config(
+        fake_upstream.url,
+        default_provider="fake",
+        upstream={"retries": 0, "retry_backoff_s": 0.01, "fallbacks": {"fake-model": ["fake/other"]}},
+    )
+    gateway = await make_gateway(raw_config)
+    fake_upstream.queue(Reply(status=503))
+    raw = b'{"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}'
+    async with http.post(gateway.url + "/llm", data=raw, headers=AUTH) as response:
+        assert response.status == 503
+    assert [r["raw"] for r in fake_upstream.requests] == [raw]
+
+
 async def test_llm_without_a_default_provider_is_a_clear_400(
     gateway: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
