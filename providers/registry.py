@@ -53,8 +53,8 @@ def resolve_settings(
     values: dict[str, Any] = {}
     for key, value in merged.items():
         if key in _LIST_FIELDS:
-            ok = value is None if key == "model_prefixes" else False
-            ok = ok or (isinstance(value, list | tuple) and all(isinstance(v, str) for v in value))
+            strings = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+            ok = strings or (key == "model_prefixes" and value is None)  # null prefixes: old behaviour
             values[key] = tuple(value) if ok and value is not None else None
         elif key in _MAP_FIELDS:
             ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
@@ -75,15 +75,8 @@ def resolve_settings(
     if values.get("models_auth") not in (None, "bearer", "x-api-key"):
         problems.append(f"{where}.models_auth: must be bearer or x-api-key")
     known = {k: v for k, v in values.items() if k in _SETTING_FIELDS and v is not None}
-    known.setdefault("model_prefixes", values.get("model_prefixes"))
     options = {k: v for k, v in merged.items() if k not in _SETTING_FIELDS and k != "plugin"}
-    return ProviderSettings(
-        name=name,
-        plugin=cls.name,
-        endpoint=endpoint,
-        options=options,
-        **{k: v for k, v in known.items() if k != "endpoint"},
-    )
+    return ProviderSettings(name=name, plugin=cls.name, options=options, **{"endpoint": None, **known})
 
 
 def build_providers(
