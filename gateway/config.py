@@ -36,6 +36,9 @@ class UpstreamSettings:
     retry_max_wait_s: float = 20.0
     max_connections: int = 0  # 0: unlimited; the pool is shared by every provider
     models_cache_s: float = 300.0
+    max_event_bytes: int = 8 * 1024 * 1024  # one SSE event larger than this ends the stream with an error
+    max_body_bytes: int = 64 * 1024 * 1024  # a whole (non-streamed) answer larger than this is refused
+    call_deadline_s: float = 3600.0  # no call lasts longer, however steadily its upstream drips
     fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
@@ -74,6 +77,10 @@ class LoggingSettings:
 class ServerSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     drain_timeout_s: float = 60.0
+    header_timeout_s: float = 20.0  # a connection's request line and headers must arrive within this
+    body_timeout_s: float = 60.0  # and its body within this once the headers are in
+    refused_body_bytes: int = 16 * 1024  # what is read of a refused (keyless) call's body, at most
+    metrics_require_key: bool = False  # GET /metrics answers only callers with a proxy key
 
 
 @dataclass(frozen=True)
