@@ -38,13 +38,8 @@ def create_app(
         if problems:
             raise ConfigError(problems)
     secrets = [s for p in providers.values() for s in p.secrets] + list(named_keys(env).values())
-    gw = Gateway(
-        config,
-        Router(providers, config.default_provider),
-        keys or KeyRing.from_env(env),
-        Scrubber(secrets),
-        Metrics(),
-    )
+    router = Router(providers, config.default_provider)
+    gw = Gateway(config, router, keys or KeyRing.from_env(env), Scrubber(secrets), Metrics(router.exact))
     cors = Cors(config.cors)
 
     app = web.Application(middlewares=[errors, cors.preflight], client_max_size=config.server.max_body_bytes)
@@ -80,5 +75,5 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
     # No cookie jar: an upstream's cookies must never pass from one client's call to another's.
     jar = aiohttp.DummyCookieJar()
     async with aiohttp.ClientSession(connector=connector, cookie_jar=jar, raise_for_status=False) as session:
-        gw.upstream = Upstream(session, settings, gw.metrics)
+        gw.upstream = Upstream(session, settings, gw.metrics, gw.scrubber)
         yield

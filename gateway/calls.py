@@ -21,9 +21,29 @@ class ToolCallParts:
     arguments: list[str] = field(default_factory=list)
 
 
+MAX_TOOL_CALLS = 128  # distinct tool-call indices kept for one answer; an upstream chooses them
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 @dataclass(slots=True)
 class Answer:
-    """The model's answer as rebuilt from a completion body or from its stream chunks."""
+    """The model's answer as rebuilt from a completion body or from its stream chunks.
+
+    It is the record's copy, never the client's: whatever shape an upstream sends, folding it in cannot
+    raise (parts of the wrong type are skipped and counted in `bad_chunks`), and at most `keep` characters
+    of text are kept, so an endless answer streams on to its client while its record stops growing.
+    """
 
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
@@ -32,36 +52,93 @@ class Answer:
     upstream_id: str | None = None
     usage: dict[str, Any] | None = None
     bad_chunks: int = 0
+    keep: int = 1 << 20
+    kept: int = 0
+    truncated: bool = False
 
     def add_chunk(self, payload: bytes) -> dict[str, Any] | None:
-        """Fold one stream event's data into the answer; return the parsed chunk."""
+        """Fold one stream event's data into the answer; return the parsed chunk (None when unreadable)."""
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
             self.bad_chunks += 1
             return None
         if not isinstance(chunk, dict):
+            self.bad_chunks += 1
             return None
-        self.upstream_id = self.upstream_id or chunk.get("id")
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) == 0:
-                self._add_delta(choice.get("delta") or {}, choice.get("text"))
-                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        odd = self._fold_chunk(chunk)
+        self.bad_chunks += odd
         return chunk
 
-    def _add_delta(self, delta: dict[str, Any], text: str | None) -> None:
-        if content := delta.get("content") or text:
-            self.content.append(content)
-        if reasoning := delta.get("reasoning_content") or delta.get("reasoning"):
-            self.reasoning.append(reasoning)
-        for call in delta.get("tool_calls") or ():
-            parts = self.tool_calls.setdefault(call.get("index", len(self.tool_calls)), ToolCallParts())
-            function = call.get("function") or {}
-            parts.name += function.get("name") or ""
-            if args := function.get("arguments"):
-                parts.arguments.append(args)
+    def _fold_chunk(self, chunk: dict[str, Any]) -> bool:
+        """Fold a parsed chunk; True when some part of it had a shape that could not be read."""
+        odd = False
+        upstream_id = chunk.get("id")
+        self.upstream_id = self.upstream_id or (upstream_id if isinstance(upstream_id, str) else None)
+        usage = chunk.get("usage")
+        if usage:
+            odd = not isinstance(usage, dict)
+            self.usage = usage if isinstance(usage, dict) else self.usage
+        choices = chunk.get("choices")
+        if choices is not None and not isinstance(choices, list):
+            return True
+        for choice in choices or ():
+            if not isinstance(choice, dict):
+                odd = True
+            elif choice.get("index", 0) == 0:
+                odd = self._add_delta(choice.get("delta"), choice.get("text")) or odd
+                reason = choice.get("finish_reason")
+                self.finish_reason = reason if isinstance(reason, str) and reason else self.finish_reason
+        return odd
+
+    def _add_delta(self, delta: Any, text: Any) -> bool:
+        """Fold a delta (or message); True when a part of it had the wrong type."""
+        odd = delta is not None and not isinstance(delta, dict)
+        delta = _dict(delta)
+        content = delta.get("content") or text
+        if content:
+            odd = self._keep(self.content, content) or odd
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if reasoning:
+            odd = self._keep(self.reasoning, reasoning) or odd
+        calls = delta.get("tool_calls")
+        odd = odd or (calls is not None and not isinstance(calls, list))
+        for call in _list(calls):
+            odd = self._add_tool_call(call) or odd
+        return odd
+
+    def _add_tool_call(self, call: Any) -> bool:
+        if not isinstance(call, dict):
+            return True
+        index = call.get("index", len(self.tool_calls))
+        if not isinstance(index, int) or isinstance(index, bool):
+            return True
+        parts = self.tool_calls.get(index)
+        if parts is None:
+            if len(self.tool_calls) >= MAX_TOOL_CALLS:
+                self.truncated = True
+                return False
+            parts = self.tool_calls[index] = ToolCallParts()
+        function = _dict(call.get("function"))
+        name = _str(function.get("name"))
+        if name and len(parts.name) < 256:
+            parts.name = (parts.name + name)[:256]
+        if args := function.get("arguments"):
+            return self._keep(parts.arguments, args)
+        return False
+
+    def _keep(self, parts: list[str], text: Any) -> bool:
+        """Append text while under the keep limit; True when `text` was not a string."""
+        if not isinstance(text, str):
+            return True
+        room = self.keep - self.kept
+        if len(text) > room:
+            self.truncated = True
+            text = text[: max(room, 0)]
+        if text:
+            parts.append(text)
+            self.kept += len(text)
+        return False
 
     def add_body(self, raw: bytes) -> None:
         """Fold a whole (non-streamed) completion body into the answer."""
@@ -71,17 +148,18 @@ class Answer:
             self.bad_chunks += 1
             return
         if not isinstance(body, dict):
+            self.bad_chunks += 1
             return
-        self.upstream_id = body.get("id")
-        self.usage = body.get("usage")
-        choices = body.get("choices") or [{}]
-        first = choices[0] if isinstance(choices[0], dict) else {}
-        self.finish_reason = first.get("finish_reason")
-        message = first.get("message") or {}
-        self._add_delta(message, first.get("text"))
-        for i, call in enumerate(message.get("tool_calls") or ()):
-            function = call.get("function") or {}
-            self.tool_calls[i] = ToolCallParts(function.get("name") or "", [function.get("arguments") or ""])
+        upstream_id, usage = body.get("id"), body.get("usage")
+        self.upstream_id = upstream_id if isinstance(upstream_id, str) else None
+        self.usage = usage if isinstance(usage, dict) else None
+        choices = _list(body.get("choices"))
+        first = _dict(choices[0]) if choices else {}
+        reason = first.get("finish_reason")
+        self.finish_reason = reason if isinstance(reason, str) else None
+        odd = self._add_delta(first.get("message"), first.get("text"))
+        if odd or ("choices" in body and not (choices and isinstance(choices[0], dict))):
+            self.bad_chunks += 1
 
     @property
     def text(self) -> str:
@@ -120,6 +198,7 @@ class Call:
     client_disconnected: bool = False
     upstream_headers: dict[str, str] | None = None
     request_logged: bool = False
+    deadline: float = float("inf")  # a time.perf_counter() value no part of the call may pass
     answer: Answer = field(default_factory=Answer)
 
     @property

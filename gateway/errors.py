@@ -5,10 +5,13 @@
     ├── AuthenticationFailed      401  missing or wrong proxy key
     ├── NotFound                  404  unknown route or model
     ├── MethodNotAllowed          405
+    ├── RequestTimeout            408  the client's body did not arrive in time
     ├── PayloadTooLarge           413
     └── UpstreamError             502  the provider could not be reached or answered badly
+        ├── UpstreamRedirect      502  the provider answered 3xx (never followed)
+        ├── UpstreamTooLarge      502  an answer or one stream event past its size limit
         ├── ProviderUnavailable   503  the routed provider has no endpoint configured
-        └── UpstreamTimeout       504
+        └── UpstreamTimeout       504  no answer in time, silence mid-answer, or the call's deadline
 
 Foreign exceptions (aiohttp's client errors, timeouts) are mapped to these in exactly one place,
 `gateway.upstream`. An error *returned* by a provider is not a GatewayError: its status and body are
@@ -28,6 +31,7 @@ class GatewayError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    close_connection = False  # the connection is left in a state no further request can follow
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -64,6 +68,13 @@ class MethodNotAllowed(GatewayError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    close_connection = True
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -74,6 +85,14 @@ class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"
     code = "bad_gateway"
+
+
+class UpstreamRedirect(UpstreamError):
+    code = "upstream_redirect"
+
+
+class UpstreamTooLarge(UpstreamError):
+    code = "upstream_answer_too_large"
 
 
 class ProviderUnavailable(UpstreamError):

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.errors import AuthenticationFailed
 from gateway.state import GATEWAY, Gateway
 from providers.base import Provider
 
@@ -18,26 +19,35 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+def _has_key(gw: Gateway, request: web.Request) -> bool:
+    try:
+        gw.keys.authenticate(request.headers.get("Authorization"))
+    except AuthenticationFailed:
+        return False
+    return True
+
+
 async def health(request: web.Request) -> web.Response:
-    """`{"status", "providers", "proxy_key_configured", "logging"}`: what an operator checks first."""
+    """`{"status", "providers", "proxy_key_configured"}` for anyone; the details only with a key."""
     gw = request.app[GATEWAY]
-    providers = {
-        name: {"configured": p.configured, "endpoint": p.settings.endpoint, "plugin": p.settings.plugin}
-        for name, p in gw.router.providers.items()
-    }
     logging = gw.recorder.health()
-    status = "draining" if gw.draining else ("degraded" if logging.get("spool_full") else "ok")
-    return _json(
-        {
-            "status": status,
-            "providers": providers,
-            "proxy_key_configured": not gw.keys.open,
-            "default_provider": gw.config.default_provider,
-            "in_flight": gw.in_flight,
-            "pid": os.getpid(),  # with --workers N, which worker answered
-            "logging": logging,
-        }
-    )
+    degraded = logging.get("degraded", logging.get("spool_full"))
+    status = "draining" if gw.draining else ("degraded" if degraded else "ok")
+    providers: dict[str, dict[str, object]] = {
+        name: {"configured": p.configured} for name, p in gw.router.providers.items()
+    }
+    summary = {"status": status, "providers": providers, "proxy_key_configured": not gw.keys.open}
+    if not _has_key(gw, request):  # what the earlier /health showed anyone, and no more
+        return _json(summary)
+    for name, p in gw.router.providers.items():
+        providers[name].update(endpoint=p.settings.endpoint, plugin=p.settings.plugin)
+    details = {
+        "default_provider": gw.config.default_provider,
+        "in_flight": gw.in_flight,
+        "pid": os.getpid(),  # with --workers N, which worker answered
+        "logging": logging,
+    }
+    return _json(summary | details)
 
 
 async def livez(request: web.Request) -> web.Response:
@@ -54,6 +64,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
+    if gw.config.server.metrics_require_key:
+        gw.keys.authenticate(request.headers.get("Authorization"))
     gw.metrics.in_flight.set(gw.in_flight)
     return web.Response(body=gw.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 

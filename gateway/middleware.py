@@ -16,7 +16,12 @@ log = logging.getLogger("gateway")
 
 
 def error_response(error: GatewayError) -> web.Response:
-    return web.Response(status=error.status, body=orjson.dumps(error.body()), content_type="application/json")
+    response = web.Response(
+        status=error.status, body=orjson.dumps(error.body()), content_type="application/json"
+    )
+    if error.close_connection:
+        response.force_close()
+    return response
 
 
 @web.middleware

@@ -7,6 +7,7 @@ each event to the call's `Answer` only after it was written: the log tee sits be
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -23,9 +24,11 @@ from gateway.errors import (
     InvalidRequest,
     PayloadTooLarge,
     ProviderUnavailable,
+    RequestTimeout,
+    UpstreamTooLarge,
     normalize_upstream_error,
 )
-from gateway.sse import DONE, EventSplitter, error_event, event_data
+from gateway.sse import DONE, EventSplitter, EventTooLarge, error_event, event_data
 from gateway.state import GATEWAY, REQUEST_ID, Gateway
 from gateway.upstream import RETRY_STATUSES
 from providers.base import Endpoint, InvalidBody, Provider, UpstreamRequest
@@ -36,6 +39,10 @@ _PASSED_HEADERS = frozenset({"retry-after", "openai-processing-ms"})
 _PASSED_PREFIX = "x-ratelimit-"
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _REQUIRED = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt", Endpoint.EMBEDDINGS: "input"}
+# Model ids are printable ASCII without spaces: a name is a route, a label and a record field, never prose.
+_MODEL_NAME = re.compile(r"[\x21-\x7e]{1,256}")
+_ESCAPED_KEY = re.compile(rb'("(?:[^"\\]|\\.)*\\u(?:[^"\\]|\\.)*")\s*:')
+HEADER_CAP = 512  # characters of a client header (session, client, origin) a call keeps
 
 
 def route(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -51,13 +58,16 @@ def route(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
 async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     """One proxied call, recorded whatever happens to it."""
     gw = request.app[GATEWAY]
+    headers = request.headers
     call = Call(
         request[REQUEST_ID],
         endpoint,
-        origin=_origin(request),
-        client=request.headers.get("X-Client"),
-        session_id=request.headers.get("X-Session-Id"),
+        origin=_header(headers.get("Origin") or headers.get("Referer")),
+        client=_header(headers.get("X-Client")),
+        session_id=_header(headers.get("X-Session-Id")),
     )
+    call.deadline = call.started + gw.config.upstream.call_deadline_s
+    call.answer.keep = gw.config.logging.content_max_chars
     gw.in_flight += 1
     try:
         return await _proxy(gw, request, call)
@@ -76,8 +86,9 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
 async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
     try:
         call.key_name = gw.keys.authenticate(request.headers.get("Authorization"))
-    except AuthenticationFailed:
-        await _describe_refused(request, call)
+    except AuthenticationFailed as exc:
+        # A refused call costs a small bounded read; a body left unread closes the connection.
+        exc.close_connection = not await _describe_refused(request, call)
         raise
     raw, body = await _read_body(request, call.endpoint)
     _describe(call, body)
@@ -105,40 +116,69 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
 
 
 async def _read_body(request: web.Request, endpoint: Endpoint) -> tuple[bytes, dict[str, Any]]:
-    """The raw body and its parsed JSON object, checked for what the endpoint requires."""
+    """The raw body and its parsed JSON object, read within the body timeout."""
+    server = request.app[GATEWAY].config.server
     try:
-        raw = await request.read()
+        async with asyncio.timeout(server.body_timeout_s):
+            raw = await request.read()
+    except TimeoutError as exc:
+        raise RequestTimeout(f"The request body did not arrive within {server.body_timeout_s:g} s.") from exc
     except web.HTTPRequestEntityTooLarge as exc:
-        limit = request.app[GATEWAY].config.server.max_body_bytes
-        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.") from exc
+        error: GatewayError = PayloadTooLarge(
+            f"The request body is larger than the limit of {server.max_body_bytes} bytes."
+        )
+        error.close_connection = True
+        raise error from exc
     except web.RequestPayloadError as exc:
-        raise InvalidRequest("The request body could not be read: bad encoding, or cut short.") from exc
+        error = InvalidRequest("The request body could not be read: bad encoding, or cut short.")
+        error.close_connection = True  # the parser's state after a broken body is not worth trusting
+        raise error from exc
+    return raw, _parse(raw, endpoint)
+
+
+def _parse(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if endpoint is Endpoint.RAW:
-            return raw, {}
+            return {}
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    return raw, body
+    return body
 
 
-async def _describe_refused(request: web.Request, call: Call) -> None:
-    """Let a refused call's records still name its model and session, when its body is small and readable."""
-    if (request.content_length or 0) > 1 << 20:
-        return
-    try:
-        _, body = await _read_body(request, call.endpoint)
-    except GatewayError:
-        return  # an unreadable body adds nothing to the record; the call is refused for its key anyway
-    _describe(call, body)
+async def _describe_refused(request: web.Request, call: Call) -> bool:
+    """Read at most a small prefix of a refused call's body, for its records; True when it was all read.
+
+    Whatever its framing (a chunked body has no Content-Length to check first), a caller without a key
+    never gets more than `server.refused_body_bytes` read, parsed or kept.
+    """
+    server = request.app[GATEWAY].config.server
+    limit, content = server.refused_body_bytes, request.content
+    parts, size = [], 0
+    with contextlib.suppress(TimeoutError, web.RequestPayloadError, ConnectionError):
+        async with asyncio.timeout(min(server.body_timeout_s, 5.0)):
+            while size <= limit and (chunk := await content.read(limit + 1 - size)):
+                parts.append(chunk)
+                size += len(chunk)
+    complete = size <= limit and content.at_eof()
+    if complete:
+        with contextlib.suppress(GatewayError):
+            _describe(call, _parse(b"".join(parts), call.endpoint))
+    return complete
 
 
 def _validate(body: dict[str, Any], required: str) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("`model` is required and must be a non-empty string.", param="model")
+    if not _MODEL_NAME.fullmatch(model):
+        raise InvalidRequest(
+            "`model` must be at most 256 printable ASCII characters without spaces.",
+            param="model",
+            code="invalid_model",
+        )
     value = body.get(required)
     if required == "messages":
         if not isinstance(value, list) or not value:
@@ -176,7 +216,8 @@ async def _send(
         attempt_body = {**body, "model": candidate} if len(candidates) > 1 else body
         request, strip_usage = _build(call, provider, attempt_body, raw if not i else b"", candidate)
         try:
-            response = await gw.upstream.send(request, provider.id, retry=call.endpoint is not Endpoint.RAW)
+            retry = call.endpoint is not Endpoint.RAW
+            response = await gw.upstream.send(request, provider.id, call.deadline, retry=retry)
         except GatewayError:
             if last:
                 raise
@@ -193,7 +234,9 @@ def _build(
     call: Call, provider: Provider, body: dict[str, Any], raw: bytes, model: str
 ) -> tuple[UpstreamRequest, bool]:
     """The upstream request, asking for stream usage when the client did not (it is removed again)."""
-    changed = not raw
+    # The client's own bytes go upstream only when they say exactly what was parsed and routed: a second
+    # `model` key, or one spelled with escapes, would let the upstream read another model than the route.
+    changed = not raw or raw.count(b'"model"') != 1 or _escaped_model_key(raw)
     strip_usage = False
     if (
         call.stream
@@ -208,24 +251,30 @@ def _build(
         payload = provider.prepare(call.endpoint, body, raw, model, changed=changed)
     except InvalidBody as exc:
         raise InvalidRequest(str(exc), param=exc.param) from exc
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(
+            "The request body nests too deeply to be forwarded (at most 254 levels).", code="body_too_deep"
+        ) from exc
     return provider.build_request(call.endpoint, payload, call.stream), strip_usage
 
 
 async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse) -> web.Response:
     """A whole answer: the upstream status and body, errors in OpenAI shape with secrets scrubbed."""
-    raw = await gw.upstream.read(upstream, call.provider or "")
+    raw = await gw.upstream.read(upstream, call.provider or "", call.deadline)
     call.first_byte = call.first_byte or time.perf_counter()
     call.status = upstream.status
     headers = {str(k): v for k, v in upstream.headers.items() if _passed(k.lower())}
     if upstream.status >= 400:
         call.upstream_headers = headers or None
-        raw = normalize_upstream_error(upstream.status, gw.scrubber.raw(raw))
+        # Scrubbed before and after: normalizing may unescape a secret the provider wrote escaped.
+        raw = gw.scrubber.raw(normalize_upstream_error(upstream.status, gw.scrubber.raw(raw)))
         call.error = _error_message(raw)
         headers["Content-Type"] = "application/json"
     else:
+        raw = gw.scrubber.stream(raw)
         headers["Content-Type"] = upstream.headers.get("Content-Type", "application/json")
         if call.endpoint is not Endpoint.EMBEDDINGS:
-            call.answer.add_body(raw)
+            _tee(call, call.answer.add_body, raw)
     return web.Response(body=raw, status=upstream.status, headers=headers)
 
 
@@ -236,20 +285,20 @@ async def _relay_stream(
     response = web.StreamResponse(status=200, headers=SSE_HEADERS)
     await response.prepare(request)
     call.status = 200
-    splitter = EventSplitter()
+    splitter = EventSplitter(gw.config.upstream.max_event_bytes)
     gauge = gw.metrics.stream_gauge(call.provider or "", call.model)
     gauge.inc()
     try:
-        async for data in gw.upstream.chunks(upstream, call.provider or ""):
+        async for data in gw.upstream.chunks(upstream, call.provider or "", call.deadline):
             if call.first_byte is None:
                 call.first_byte = time.perf_counter()
-            events = splitter.feed(data)
-            if events:
-                await _forward(response, call, events, strip_usage)
+            if events := _split(splitter, data, call):
+                await _forward(gw, response, call, events, strip_usage)
         if tail := splitter.flush():
-            await _forward(response, call, [tail], strip_usage)
+            await _forward(gw, response, call, [tail], strip_usage)
         await response.write_eof()
     except GatewayError as exc:
+        upstream.close()  # an upstream cut off mid-answer is not left to go on sending
         call.error = exc.message
         await response.write(error_event(exc.body()))
         await response.write_eof()
@@ -260,15 +309,35 @@ async def _relay_stream(
     return response
 
 
-async def _forward(response: web.StreamResponse, call: Call, events: list[bytes], strip_usage: bool) -> None:
+def _split(splitter: EventSplitter, data: bytes, call: Call) -> list[bytes]:
+    try:
+        return splitter.feed(data)
+    except EventTooLarge as exc:
+        raise UpstreamTooLarge(
+            f"The provider {call.provider!r} sent an event over {splitter.max_event_bytes} bytes.",
+            code="upstream_event_too_large",
+        ) from exc
+
+
+async def _forward(
+    gw: Gateway, response: web.StreamResponse, call: Call, events: list[bytes], strip_usage: bool
+) -> None:
     kept = [e for e in events if not _usage_only(e)] if strip_usage else events
     if kept:
-        await response.write(kept[0] if len(kept) == 1 else b"".join(kept))
-    answer = call.answer
+        await response.write(gw.scrubber.stream(kept[0] if len(kept) == 1 else b"".join(kept)))
+    add = call.answer.add_chunk
     for event in events:  # the tee: the answer is rebuilt after the bytes went out
         payload = event_data(event)
         if payload and payload != DONE:
-            answer.add_chunk(payload)
+            _tee(call, add, payload)
+
+
+def _tee(call: Call, fold: Callable[[bytes], object], data: bytes) -> None:
+    """Fold upstream bytes into the record's answer; whatever that fails on, the client is not affected."""
+    try:
+        fold(data)
+    except Exception:  # the record says what it could not read; the client already has the bytes
+        call.answer.bad_chunks += 1
 
 
 def _passed(name: str) -> bool:
@@ -287,5 +356,22 @@ def _error_message(raw: bytes) -> str:
         return raw[:500].decode("utf-8", "replace")
 
 
-def _origin(request: web.Request) -> str | None:
-    return request.headers.get("Origin") or request.headers.get("Referer")
+def _escaped_model_key(raw: bytes) -> bool:
+    """Whether an object key spells `model` with escapes (`"mod\\u0065l"`): a second model key in disguise."""
+    if b"\\u" not in raw:
+        return False
+    # Between two unescaped quotes lies a whole string or a gap of JSON punctuation, which holds no `\\u`;
+    # so every match is one whole string followed by a colon: a key.
+    for match in _ESCAPED_KEY.finditer(raw):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            if orjson.loads(match.group(1)) == "model":
+                return True
+    return False
+
+
+def _header(value: str | None) -> str | None:
+    """A client header as a record keeps it: undecodable bytes replaced, at most HEADER_CAP characters."""
+    if value is None or (value.isascii() and len(value) <= HEADER_CAP):
+        return value
+    # aiohttp hands undecodable header bytes over as lone surrogates, which no JSON writer accepts.
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:HEADER_CAP]

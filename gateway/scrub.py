@@ -1,10 +1,11 @@
-"""Keeping secrets out of everything that leaves the gateway: client error bodies, logs, records."""
+"""Keeping secrets out of everything that leaves the gateway: client error bodies, logs, records, streams."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, AnyStr, Generic
 
 REDACTED = "[REDACTED]"
 # Shapes of credentials worth hiding even when we do not know the value: bearer tokens, vendor keys.
@@ -47,24 +48,192 @@ def _keep_label(kind: type) -> Any:
     return lambda m: next((g for g in m.groups() if g), empty) + redacted
 
 
+# A known secret reaches a body or a record in many spellings: as itself, URL-encoded, JSON-escaped once,
+# or twice (an upstream error body kept as a string field of a record). Each secret gets one regex taking
+# any of these spellings for each of its characters, so mixes are caught too. The regex has no fixed
+# prefix, so it only runs near an "anchor": the secret's longest run of ASCII letters and digits, which
+# every spelling keeps as is.
+_MIN_SECRET = 4
+_MIN_ANCHOR = 4
+_ALNUM_RUN = re.compile(r"[A-Za-z0-9]+")
+_JSON_SHORT = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+# Characters a JSON string carries only escaped: bare, a `"` may be the quote that closes the string.
+_ESCAPED_ONLY = frozenset('"\\')
+# A JSON escape still open where a match starts: an odd run of backslashes, maybe `u` and a few hex digits.
+_OPEN_ESCAPE = r"(?<!\\)(?:\\\\)*(\\(?:u[0-9a-fA-F]{0,3})?)\Z"
+_OPEN_ESCAPE_TEXT = re.compile(_OPEN_ESCAPE)
+_OPEN_ESCAPE_BYTES = re.compile(_OPEN_ESCAPE.encode())
+_LOOK_BACK = 64  # how much text before a match is searched for an open escape
+
+Position = str  # the characters allowed at one place of a spelling: one, or a hex digit in either case
+Option = tuple[str, int]  # a regex and the most bytes it can match
+
+
+def _is_alnum(ch: str) -> bool:
+    """An ASCII letter or digit: kept as is by every spelling (escaping them would hide the anchor anyway)."""
+    return ch.isascii() and ch.isalnum()
+
+
+def _hex(code: int, width: int) -> list[Position]:
+    """Hex digits of `code`, each in either case."""
+    return [d + d.upper() if d.isalpha() else d for d in f"{code:0{width}x}"]
+
+
+def _json_forms(ch: str) -> list[list[Position]]:
+    """The ways a JSON encoder writes `ch` inside a string, escapes first."""
+    forms: list[list[Position]] = []
+    if ch in _JSON_SHORT:
+        forms.append(["\\", _JSON_SHORT[ch]])
+    if not _is_alnum(ch):
+        utf16 = ch.encode("utf-16-be")  # two \u escapes (a surrogate pair) beyond the basic plane
+        units = [int.from_bytes(utf16[i : i + 2], "big") for i in range(0, len(utf16), 2)]
+        forms.append([p for unit in units for p in ("\\", "u", *_hex(unit, 4))])
+    if ch not in _ESCAPED_ONLY and ch >= " ":
+        forms.append([ch])
+    return forms
+
+
+def _position(p: Position) -> str:
+    return re.escape(p) if len(p) == 1 else f"[{p}]"
+
+
+def _one_of(options: list[Option]) -> Option:
+    """A regex for any of `options`, tried in order (longer escapes first, so none is cut in half)."""
+    unique = list(dict.fromkeys(options))
+    regex = unique[0][0] if len(unique) == 1 else "(?:" + "|".join(r for r, _ in unique) + ")"
+    return regex, max(width for _, width in unique)
+
+
+def _written(form: list[Position]) -> Option:
+    """A spelling as written."""
+    return "".join(_position(p) for p in form), sum(len(p[0].encode()) for p in form)
+
+
+def _escaped_again(form: list[Position]) -> Option:
+    """A JSON escape as it reads once its string is JSON-escaped in turn (`\\"` becomes `\\\\\\"`)."""
+    parts = [
+        _written([p]) if _is_alnum(p[0]) else _one_of([_written(f) for f in _json_forms(p)]) for p in form
+    ]
+    return "".join(r for r, _ in parts), sum(width for _, width in parts)
+
+
+def _spellings(ch: str, bare: bool) -> Option:
+    """One character of a secret in any spelling; `bare` allows it unescaped even where JSON could not."""
+    if _is_alnum(ch):
+        return re.escape(ch), 1
+    forms = _json_forms(ch)
+    options = [_escaped_again(f) for f in forms if len(f) > 1]
+    options += [_written(f) for f in forms]
+    utf8 = ch.encode()
+    options.append(("".join("%" + "".join(_position(p) for p in _hex(b, 2)) for b in utf8), 3 * len(utf8)))
+    if ch == " ":
+        options.append((r"\+", 1))
+    if bare:
+        options.append((re.escape(ch), len(utf8)))
+    return _one_of(options)
+
+
+def _anchor(secret: str) -> tuple[int, int]:
+    """Where the secret's longest run of ASCII letters and digits is, or (0, 0) if it has none long enough."""
+    runs = [m.span() for m in _ALNUM_RUN.finditer(secret)]
+    start, end = max(runs, key=lambda span: span[1] - span[0], default=(0, 0))
+    return (start, end) if end - start >= _MIN_ANCHOR else (0, 0)
+
+
+def _pattern(secret: str) -> tuple[str, str, int, int]:
+    """The regex for every spelling of `secret`, its anchor, and how far a match reaches around it."""
+    start, end = _anchor(secret)
+    # A bare `"` or `\` at either end is left out rather than risk eating the quote that closes a JSON string;
+    # the anchor keeps the match from ever being empty.
+    lead = len(secret) - len(secret.lstrip('"\\')) if end else 0
+    trail = len(secret) - len(secret.rstrip('"\\')) if end else 0
+    parts: list[str] = []
+    before = after = 0
+    for i, ch in enumerate(secret):
+        if start <= i < end:
+            parts.append(re.escape(ch))
+            continue
+        edge = i < lead or i >= len(secret) - trail
+        regex, width = _spellings(ch, bare=not edge)
+        parts.append(f"(?:{regex})?" if edge else regex)
+        before, after = (before + width, after) if i < start else (before, after + width)
+    return "".join(parts), secret[start:end], before, after + len(secret[start:end].encode())
+
+
+@dataclass(frozen=True)
+class _Finder(Generic[AnyStr]):
+    """One known secret, found in str or in bytes."""
+
+    anchor: AnyStr  # empty when the secret has none: then the pattern always runs
+    pattern: re.Pattern[AnyStr]
+    before: int
+    after: int  # from the start of the anchor
+    open_escape: re.Pattern[AnyStr]
+    redacted: AnyStr
+
+
+def _redact(value: AnyStr, finder: _Finder[AnyStr]) -> AnyStr:
+    """`value` with every spelling of the secret replaced; `value` itself when there is none."""
+    pieces: list[AnyStr] = []
+    done = pos = 0
+    while True:
+        if finder.anchor:
+            at = value.find(finder.anchor, pos)
+            if at < 0:
+                break
+            # Only a window around the anchor can hold a match: cheap however long the value is.
+            found = finder.pattern.search(value, max(done, at - finder.before), at + finder.after)
+            if found is None:
+                pos = at + 1
+                continue
+        elif (found := finder.pattern.search(value, done)) is None:
+            break
+        start = found.start()
+        # A match that starts inside an escape (`\n` before a secret starting with `n`) takes the escape with
+        # it: a lone backslash left before the replacement would break the JSON around it.
+        if opened := finder.open_escape.search(value, max(done, start - _LOOK_BACK), start):
+            start = opened.start(1)
+        pieces += (value[done:start], finder.redacted)
+        done = pos = found.end()
+    if not pieces:
+        return value
+    pieces.append(value[done:])
+    return value[:0].join(pieces)
+
+
 class Scrubber:
-    """Replaces known secret values and key-like strings."""
+    """Replaces known secrets, in every spelling, and key-like strings."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         # Longest first, so a secret that contains another is replaced whole.
-        self.secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
-        self._bytes = tuple(s.encode() for s in self.secrets)
+        self.secrets = tuple(sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True))
+        patterns = [_pattern(s) for s in self.secrets]
+        self._in_text = tuple(
+            _Finder(anchor, re.compile(regex), before, after, _OPEN_ESCAPE_TEXT, REDACTED)
+            for regex, anchor, before, after in patterns
+        )
+        self._in_bytes = tuple(
+            _Finder(
+                anchor.encode(),
+                re.compile(regex.encode()),
+                before,
+                after,
+                _OPEN_ESCAPE_BYTES,
+                REDACTED.encode(),
+            )
+            for regex, anchor, before, after in patterns
+        )
 
     def text(self, value: str) -> str:
         """`value` with every known secret and key-like string replaced."""
-        for secret in self.secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
+        for finder in self._in_text:
+            if finder.anchor in value:
+                value = _redact(value, finder)
         return _KEY_LIKE.sub(_keep_label(str), value)
 
     def line(self, value: bytes) -> bytes:
         """A serialized record with secrets and key-like strings replaced (one pass over the whole line)."""
-        value = self.raw(value)
+        value = self.stream(value)
         lowered = value.lower()
         if not any(trigger in lowered for trigger in _TRIGGERS):
             return value
@@ -72,7 +241,14 @@ class Scrubber:
 
     def raw(self, value: bytes) -> bytes:
         """Known secrets replaced in raw bytes (cheap: used on every upstream error body)."""
-        for secret in self._bytes:
-            if secret in value:
-                value = value.replace(secret, REDACTED.encode())
-        return value
+        return self.stream(value)
+
+    def stream(self, event: bytes) -> bytes:
+        """One SSE event with known secrets replaced; the very same object when it holds none.
+
+        The common case costs one substring test per secret, and callers can tell "unchanged" by `is`.
+        """
+        for finder in self._in_bytes:
+            if finder.anchor in event:  # always true for a secret without an anchor
+                event = _redact(event, finder)
+        return event

@@ -63,7 +63,9 @@ class Gateway:
         """Close the books on a call: its request record if not yet written, its response record, metrics."""
         self.log_request(call)
         self.recorder.response(call)
-        model = self.metrics.model_label(call.model)
+        # Only a call an authenticated caller made and the upstream answered may name a new label.
+        answered = call.key_name is not None or self.keys.open
+        model = self.metrics.model_label(call.model, answered=answered and 0 < call.status < 400)
         ttfb = None if call.first_byte is None else call.first_byte - call.started
         self.metrics.observe_call(call.provider or "none", model, call.status, call.latency_ms / 1000, ttfb)
 

@@ -2,6 +2,10 @@
 
 This is the one place where aiohttp's client exceptions become the gateway's own (`UpstreamError`,
 `UpstreamTimeout`), so nothing above it needs to know aiohttp's exception tree.
+
+Every upstream is a server we do not control: redirects are never followed (a 3xx is an error naming where
+it pointed, so no byte of a request reaches a host the config did not name), answers are asked for without
+compression and read up to a size limit, and every call has a deadline however steadily its upstream drips.
 """
 
 from __future__ import annotations
@@ -14,46 +18,68 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 
 from gateway.config import UpstreamSettings
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import UpstreamError, UpstreamRedirect, UpstreamTimeout, UpstreamTooLarge
 from gateway.metrics import Metrics
+from gateway.scrub import Scrubber
 from providers.base import UpstreamRequest
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+DISCOVERY_MAX_BYTES = 4 << 20  # a /models listing larger than this is ignored
 
 
 class Upstream:
     """Sends upstream requests through the shared session, retrying what is safe to retry."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: UpstreamSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, settings: UpstreamSettings, metrics: Metrics, scrubber: Scrubber
+    ) -> None:
         self.session = session
         self.settings = settings
         self.metrics = metrics
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.first_byte_timeout_s
+        self.scrubber = scrubber
+
+    def _timeout(self, deadline: float) -> aiohttp.ClientTimeout:
+        """Connect and first-byte timeouts, and the call's deadline as the total (it covers the body too)."""
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            raise UpstreamTimeout("The call reached its deadline before the provider answered.")
+        return aiohttp.ClientTimeout(
+            total=remaining,
+            sock_connect=self.settings.connect_timeout_s,
+            sock_read=self.settings.first_byte_timeout_s,
         )
 
     async def send(
-        self, request: UpstreamRequest, provider: str, *, retry: bool = True
+        self, request: UpstreamRequest, provider: str, deadline: float, *, retry: bool = True
     ) -> aiohttp.ClientResponse:
         """The upstream's response (any status) once its headers arrive; raises UpstreamError when none came.
 
         429, 5xx and connection failures are retried with backoff, honouring Retry-After, because nothing
-        has reached the client yet; the last attempt's response is returned as it is.
+        has reached the client yet; the last attempt's response is returned as it is. A 3xx is never
+        followed. `deadline` (a `time.perf_counter()` value) bounds the whole call, body included.
         """
         attempts = 1 + (self.settings.retries if retry else 0)
+        headers = {**request.headers, "Accept-Encoding": "identity"}
         for attempt in range(1, attempts + 1):
             try:
                 response = await self.session.post(
-                    request.url, data=request.body, headers=request.headers, timeout=self.timeout
+                    request.url,
+                    data=request.body,
+                    headers=headers,
+                    timeout=self._timeout(deadline),
+                    allow_redirects=False,
                 )
             except (TimeoutError, aiohttp.ClientError) as exc:
-                failure = self._failure(exc, provider)
+                failure = self._failure(exc, provider, deadline)
                 if attempt == attempts:
                     raise failure from exc
                 wait = self._backoff(attempt)
             else:
+                if 300 <= response.status < 400:
+                    raise self._redirect(response, provider)
                 if response.status not in RETRY_STATUSES or attempt == attempts:
                     return response
                 self.metrics.upstream_errors.labels(provider, f"http_{response.status}").inc()
@@ -63,9 +89,21 @@ class Upstream:
             await asyncio.sleep(min(wait, self.settings.retry_max_wait_s))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _failure(self, exc: BaseException, provider: str) -> UpstreamError:
+    def _redirect(self, response: aiohttp.ClientResponse, provider: str) -> UpstreamRedirect:
+        """The error for a 3xx: it names where the provider pointed (scrubbed, cut short)."""
+        location = self.scrubber.text(response.headers.get("Location", "")[:300]) or "nowhere"
+        response.close()
+        self.metrics.upstream_errors.labels(provider, "redirect").inc()
+        return UpstreamRedirect(
+            f"The provider {provider!r} answered HTTP {response.status}, a redirect to {location!r}; "
+            "redirects are not followed."
+        )
+
+    def _failure(self, exc: BaseException, provider: str, deadline: float) -> UpstreamError:
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             self.metrics.upstream_errors.labels(provider, "timeout").inc()
+            if time.perf_counter() >= deadline:
+                return UpstreamTimeout(f"The call to {provider!r} reached its deadline.")
             return UpstreamTimeout(f"The provider {provider!r} did not answer in time.")
         self.metrics.upstream_errors.labels(provider, "connection").inc()
         return UpstreamError(f"Could not reach the provider {provider!r}: {type(exc).__name__}.")
@@ -74,8 +112,11 @@ class Upstream:
         base = self.settings.retry_backoff_s * 2 ** (attempt - 1)
         return base * (0.5 + random.random() / 2)  # jitter, so retries from many calls spread out
 
-    async def chunks(self, response: aiohttp.ClientResponse, provider: str) -> AsyncIterator[bytes]:
-        """The response body as it arrives; a silence longer than idle_timeout_s raises UpstreamTimeout."""
+    async def chunks(
+        self, response: aiohttp.ClientResponse, provider: str, deadline: float
+    ) -> AsyncIterator[bytes]:
+        """The response body as it arrives; a silence longer than idle_timeout_s raises UpstreamTimeout,
+        and so does reaching the call's deadline (enforced by the request's total timeout)."""
         idle = self.settings.idle_timeout_s
         read = response.content.readany
         watch = IdleWatch(response, idle)
@@ -89,6 +130,12 @@ class Upstream:
                     return
                 yield data
         except TimeoutError as exc:
+            if time.perf_counter() >= deadline:
+                self.metrics.upstream_errors.labels(provider, "deadline").inc()
+                limit = self.settings.call_deadline_s
+                raise UpstreamTimeout(
+                    f"The call to {provider!r} reached its deadline of {limit:g} s."
+                ) from exc
             self.metrics.upstream_errors.labels(provider, "idle_timeout").inc()
             raise UpstreamTimeout(
                 f"The provider {provider!r} went silent for {idle:g} s mid-answer."
@@ -101,18 +148,34 @@ class Upstream:
         finally:
             watch.cancel()
 
-    async def read(self, response: aiohttp.ClientResponse, provider: str) -> bytes:
-        """The whole body, mapping failures like `chunks` does."""
-        parts = [chunk async for chunk in self.chunks(response, provider)]
+    async def read(self, response: aiohttp.ClientResponse, provider: str, deadline: float) -> bytes:
+        """The whole body up to `max_body_bytes`, mapping failures like `chunks` does."""
+        limit = self.settings.max_body_bytes
+        parts, size = [], 0
+        async for chunk in self.chunks(response, provider, deadline):
+            size += len(chunk)
+            if size > limit:
+                self.metrics.upstream_errors.labels(provider, "too_large").inc()
+                raise UpstreamTooLarge(f"The provider {provider!r} answered with more than {limit} bytes.")
+            parts.append(chunk)
         return b"".join(parts)
 
     async def get_json(self, url: str, headers: dict[str, str]) -> object:
-        """A small GET (model discovery), bounded by the connect timeout; None on any failure."""
+        """A small GET (model discovery), bounded in time and size, never redirected; None on any failure."""
         timeout = aiohttp.ClientTimeout(total=max(5.0, self.settings.connect_timeout_s))
+        headers = {**headers, "Accept-Encoding": "identity"}
         with contextlib.suppress(Exception):
-            async with self.session.get(url, headers=headers, timeout=timeout) as response:
+            async with self.session.get(
+                url, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
                 if response.status == 200:
-                    return await response.json(content_type=None)
+                    parts, size = [], 0
+                    async for chunk in response.content.iter_any():
+                        size += len(chunk)
+                        if size > DISCOVERY_MAX_BYTES:
+                            return None
+                        parts.append(chunk)
+                    return orjson.loads(b"".join(parts))
         return None
 
 

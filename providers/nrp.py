@@ -26,8 +26,10 @@ class NRPProvider(Provider):
         self.cache_salt = env.get("CACHE_SALT") or None
 
     def adjust_body(self, body: dict[str, Any], model: str, endpoint: Endpoint) -> bool:
-        # Only generation has a prefix cache to salt; an embeddings server would reject the field.
-        if self.cache_salt and endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS) and "cache_salt" not in body:
+        # Only generation has a prefix cache to salt; an embeddings server would reject the field. The
+        # deployment's salt wins over a client's: a client must not read another deployment's cached prompts.
+        salted = endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS)
+        if self.cache_salt and salted and body.get("cache_salt") != self.cache_salt:
             body["cache_salt"] = self.cache_salt
             return True
         return False

@@ -206,7 +206,9 @@ async def test_serve_without_a_key_prints_a_one_time_key_and_accepts_only_it(
         health = await response.json()
     assert health["proxy_key_configured"] is True
     assert set(health["providers"]) == {"nrp", "openrouter", "nimbus"}
-    assert health["default_provider"] == "nrp"
+    assert "default_provider" not in health  # a detail for callers with a key
+    async with http.get(gateway.url + "/health", headers={"Authorization": f"Bearer {key}"}) as response:
+        assert (await response.json())["default_provider"] == "nrp"
     assert await gateway.stop() == 0
 
 
@@ -242,7 +244,7 @@ async def _worker_pids(
     while len(pids) < 2:
         assert loop.time() < deadline, f"only workers {pids} answered"
         try:
-            async with session.get(url + "/health") as response:
+            async with session.get(url + "/health", headers={"Authorization": "Bearer k"}) as response:
                 pids.add((await response.json())["pid"])
         except aiohttp.ClientError:
             await asyncio.sleep(0.05)  # a worker being replaced: try again

@@ -129,7 +129,7 @@ async def test_health_reports_providers_key_and_logging(
         },
     )
     gateway = await make_gateway(raw_config)
-    async with http.get(gateway.url + "/health") as response:
+    async with http.get(gateway.url + "/health", headers=AUTH) as response:
         assert response.status == 200
         health = await response.json()
     assert health["status"] == "ok"

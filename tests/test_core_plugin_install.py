@@ -99,5 +99,5 @@ async def test_a_gateway_routes_to_the_plugin_which_shapes_the_upstream_request(
         assert seen["headers"]["Authorization"] == "Bearer example-secret"
         assert seen["body"]["thinking"] == {"type": "enabled"}
         assert "enable_thinking" not in seen["body"]
-    async with http.get(gateway.url + "/health") as response:
+    async with http.get(gateway.url + "/health", headers=headers) as response:
         assert (await response.json())["providers"][section_name]["plugin"] == "example"

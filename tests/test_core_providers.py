@@ -109,11 +109,12 @@ async def test_defaults_route_and_authenticate_each_provider(
         assert seen["body"]["cache_salt"] == "salt-of-this-deployment"
 
 
-async def test_nrp_keeps_a_cache_salt_the_client_chose(
+async def test_nrp_puts_the_deployments_cache_salt_over_the_clients(
     built_ins: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
+    # A client choosing the salt could read the prefix cache another deployment filled.
     await _send(built_ins, http, model="kimi", cache_salt="mine")
-    assert fake_upstream.requests[0]["body"]["cache_salt"] == "mine"
+    assert fake_upstream.requests[0]["body"]["cache_salt"] == "salt-of-this-deployment"
 
 
 async def test_nrp_salts_only_generation_not_embeddings(
