@@ -77,7 +77,7 @@ class LoggingSettings:
 class ServerSettings:
     max_body_bytes: int = 32 * 1024 * 1024
     drain_timeout_s: float = 60.0
-    header_timeout_s: float = 20.0  # a connection's request line and headers must arrive within this
+    header_timeout_s: float = 75.0  # request line and headers must arrive within this (idle keep-alive too)
     body_timeout_s: float = 60.0  # and its body within this once the headers are in
     refused_body_bytes: int = 16 * 1024  # what is read of a refused (keyless) call's body, at most
     metrics_require_key: bool = False  # GET /metrics answers only callers with a proxy key
@@ -141,6 +141,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
     if default is not None and not isinstance(default, str):
         problems.append("default_provider: must be a provider name or null")
     sections = {name: _section(cls, raw.get(name), name, problems) for name, cls in _SECTIONS.items()}
+    if sections["server"].header_timeout_s <= 0:  # 0 would leave slow senders holding sockets forever
+        problems.append("server.header_timeout_s: must be above 0")
     known = {"providers", "default_provider", *_SECTIONS}
     problems += [f"{key}: unknown top-level setting" for key in raw if key not in known]
     if problems:

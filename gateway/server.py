@@ -13,17 +13,38 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.config import ServerSettings
+from gateway.edge import EdgeRunner
 from gateway.state import GATEWAY
 
 log = logging.getLogger("gateway")
 AppFactory = Callable[[], web.Application]
 
 
+def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) -> web.AppRunner:
+    """The runner `app` is served with, in production and in the tests alike.
+
+    An app that is not a gateway (the tests' fake upstream) gets the default server settings.
+    """
+    gw = app.get(GATEWAY)
+    settings = gw.config.server if gw is not None else ServerSettings()
+    return EdgeRunner(
+        app,
+        # Without it a handler never learns that its client went away.
+        handler_cancellation=True,
+        access_log=None,
+        # aiohttp arms this timer at connect and again after each response, and closes a connection still
+        # waiting for a whole request line and headers when it fires: the header timeout, slowloris included.
+        keepalive_timeout=settings.header_timeout_s,
+        shutdown_timeout=settings.drain_timeout_s if shutdown_timeout is None else shutdown_timeout,
+    )
+
+
 async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then drain: in-flight calls finish (up to the drain timeout)."""
     gw = app[GATEWAY]
     drain_s = gw.config.server.drain_timeout_s
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=drain_s)
+    runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=2048, shutdown_timeout=drain_s)
     await site.start()

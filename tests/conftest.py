@@ -27,6 +27,7 @@ from gateway.app import create_app
 from gateway.auth import KeyRing
 from gateway.calls import Call
 from gateway.config import parse_config
+from gateway.server import make_runner
 from gateway.state import GATEWAY, Gateway
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,11 +63,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @contextlib.asynccontextmanager
 async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve `app` on a free loopback port the way `gateway.server.serve_app` does; yield its base URL.
-
-    `handler_cancellation=True` matters: without it a handler never learns that its client went away.
-    """
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1)
+    """Serve `app` on a free loopback port with the runner `serve_app` uses; yield its base URL."""
+    runner = make_runner(app, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
