@@ -102,7 +102,7 @@ def wait_for(predicate: Any, timeout: float = 40.0) -> None:
 
 
 def health(url: str) -> dict[str, Any]:
-    return httpx.get(url + "/health", timeout=10).json()["logging"]
+    return httpx.get(url + "/health", headers=AUTH, timeout=10).json()["logging"]
 
 
 def test_mixed_calls_all_recorded_in_the_bucket_and_no_secret_uploaded(tmp_path, upstream, s3) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -15,7 +14,7 @@ from aiohttp import web
 from gateway.config import LoggingSettings
 from gateway.logs.recorder import LogRecorder
 from gateway.logs.records import RecordBuilder
-from gateway.logs.spool import Spool
+from gateway.logs.spool import Spool, describe_error
 from gateway.logs.uploader import S3Target
 from gateway.prices import SHIPPED_PATH, load_prices
 from gateway.scrub import Scrubber
@@ -43,12 +42,20 @@ def recorder_context(
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await recorder.close(UPLOAD_GRACE_S)
+            try:
+                await _stop(task)
+            finally:  # the last chunk is closed and uploaded whatever became of the task
+                await recorder.close(UPLOAD_GRACE_S)
 
     return context
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel the background task and wait for it; an error it died of is logged, not raised."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the background log task had stopped: %s", describe_error(exc))
 
 
 async def open_recorder(

@@ -1,22 +1,34 @@
 """Building the JSONL records of a call: pure functions from a `Call` to dicts.
 
 Field names follow the earlier open-llm-proxy so that existing DuckDB queries keep working;
-LOGGING.md documents each one.
+LOGGING.md documents each one. Whatever a client sends, both records of its call are built: a field
+derived from an odd shape that cannot be read is left null and named in `record_errors`, and every string
+the client chose is capped (the caps below, listed in LOGGING.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import orjson
 
 from gateway.calls import Call
 from gateway.config import LoggingSettings
 from gateway.prices import PriceTable
+
+NAME_CHARS = 256  # model, session_id, client, requested_model, tool names and ids, finish_reason, upstream_id
+ORIGIN_CHARS = 512
+ERROR_CHARS = 2000
+HEADER_CHARS = 256  # each upstream header's name and value
+MAX_HEADERS = 20
+REFUSED_CHARS = 64  # a call refused for its key: anyone can send one, so its strings are kept short
+DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
+T = TypeVar("T")
 
 
 def iso(ts: float) -> str:
@@ -25,20 +37,62 @@ def iso(ts: float) -> str:
 
 
 def text_of(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of a content array."""
+    """The text of a message's content: a string, or the text parts (and plain strings) of an array."""
     if isinstance(content, str):
         return content
+    if content is None:
+        return ""
     if isinstance(content, list):
-        return "\n".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return "" if content is None else orjson.dumps(content).decode()
+        parts = (p if isinstance(p, str) else p.get("text") if isinstance(p, dict) else None for p in content)
+        return "\n".join(p for p in parts if isinstance(p, str))
+    return orjson.dumps(content, default=str, option=DUMP_OPTIONS).decode()
 
 
 def cap(text: str | None, limit: int) -> str | None:
+    """`text` cut to `limit` characters, ending with a marker that says how many more there were."""
     if text is None or len(text) <= limit:
         return text
     return text[:limit] + f"… [{len(text) - limit} more chars]"
+
+
+def clip(value: Any, limit: int) -> str | None:
+    """A client-chosen value as capped text: None stays None, anything else becomes text first."""
+    return None if value is None else cap(value if isinstance(value, str) else text_of(value), limit)
+
+
+def refused(call: Call) -> bool:
+    """The call was turned away for its key, before it was routed."""
+    return call.status == 401 and call.provider is None
+
+
+def _name_cap(call: Call) -> int:
+    return REFUSED_CHARS if refused(call) else NAME_CHARS
+
+
+def head(call: Call, kind: str, ts: float, model: str | None) -> dict[str, Any]:
+    """The fields both records of a call start with."""
+    names = _name_cap(call)
+    return {
+        "timestamp": iso(ts),
+        "type": kind,
+        "request_id": call.request_id,
+        "session_id": clip(call.session_id, names),
+        "provider": call.provider,
+        "model": clip(model, names),
+        "origin": clip(call.origin, names if refused(call) else ORIGIN_CHARS),
+        "key_name": call.key_name,
+        "endpoint": call.endpoint.label,
+        "stream": call.stream,
+    }
+
+
+def _try(errors: list[str], name: str, build: Callable[[], T], default: Any) -> T:
+    """`build()`, or `default` with `name` noted in `errors`: one odd field costs only that field."""
+    try:
+        return build()
+    except Exception:
+        errors.append(name)
+        return default
 
 
 @dataclass
@@ -55,62 +109,64 @@ class RecordBuilder:
 
     def request(self, call: Call) -> list[dict[str, Any]]:
         """The request record, preceded in `full` capture by any system prompt not stored before."""
-        body = call.body or {}
-        raw_messages = body.get("messages")
+        body = call.body if isinstance(call.body, dict) else {}
+        raw_messages, tools, thinking = body.get("messages"), body.get("tools"), body.get("enable_thinking")
         messages = [m for m in raw_messages if isinstance(m, dict)] if isinstance(raw_messages, list) else []
-        users = [m for m in messages if m.get("role") == "user"]
-        limit = self.settings.content_max_chars
+        short = refused(call)
         record: dict[str, Any] = {
-            "timestamp": iso(call.wall_start),
-            "type": "request",
-            "request_id": call.request_id,
-            "session_id": call.session_id,
-            "client": call.client,
-            "key_name": call.key_name,
-            "provider": call.provider,
-            "model": call.requested_model,
-            "origin": call.origin,
-            "endpoint": call.endpoint.label,
-            "stream": call.stream,
+            **head(call, "request", call.wall_start, call.requested_model),
+            "client": clip(call.client, _name_cap(call)),
             "message_count": len(messages),
-            "tools_count": len(body["tools"]) if isinstance(body.get("tools"), list) else 0,
-            "enable_thinking": body.get("enable_thinking")
-            if isinstance(body.get("enable_thinking"), bool)
-            else None,
-            "user_question": cap(text_of(users[0].get("content")), limit) if users else None,
-            "user_message_this_turn": cap(text_of(users[-1].get("content")), limit) if users else None,
-            "tool_results_this_turn": self._tool_results(messages),
+            "tools_count": len(tools) if isinstance(tools, list) else 0,
+            "enable_thinking": thinking if isinstance(thinking, bool) else None,
+            "user_question": None,
+            "user_message_this_turn": None,
+            "tool_results_this_turn": [],
         }
-        if call.endpoint.label == "completions":
-            record["user_question"] = record["user_message_this_turn"] = cap(
-                text_of(body.get("prompt")), limit
-            )
-        if not self.full:
-            return [record]
-        prompts, record["messages"] = self._full_messages(messages, call.wall_start)
-        hashes = (m["content_sha256"] for m in record["messages"] if "content_sha256" in m)
-        record["system_prompt_sha256"] = next(hashes, None)
+        errors: list[str] = []
+        prompts: list[dict[str, Any]] = []
+        self._add_questions(record, errors, call, messages)
+        if self.full and short:
+            record["messages"] = record["system_prompt_sha256"] = None
+        elif self.full:
+            prompts = self._add_messages(record, errors, messages, call.wall_start)
+        if errors:
+            record["record_errors"] = errors
         return [*prompts, record]
+
+    def _add_questions(
+        self, record: dict[str, Any], errors: list[str], call: Call, messages: list[Any]
+    ) -> None:
+        short = refused(call)  # a caller without a key may not fill the logs: little of what it sent is kept
+        limit = REFUSED_CHARS if short else self.settings.content_max_chars
+        users = [m for m in messages if m.get("role") == "user"]
+        first, last = (users[0], users[-1]) if users else (None, None)
+        if record["endpoint"] == "completions":
+            first = last = {"content": call.body.get("prompt") if isinstance(call.body, dict) else None}
+        for name, message in (("user_question", first), ("user_message_this_turn", last)):
+            if message is not None:
+                record[name] = _try(errors, name, partial(_content_text, message, limit), None)
+        if not short:
+            results = _try(errors, "tool_results_this_turn", lambda: self._tool_results(messages), [])
+            record["tool_results_this_turn"] = results
 
     def _tool_results(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The trailing tool messages (this turn's results), named from the calls that asked for them."""
         names: dict[str, str] = {}
         results: list[dict[str, Any]] = []
         for message in messages:
-            if message.get("role") != "tool":
+            role = message.get("role")
+            if role != "tool":
                 results = []
-            if message.get("role") == "assistant":
-                for tc in message.get("tool_calls") or ():
-                    if isinstance(tc, dict):
-                        names[str(tc.get("id"))] = str((tc.get("function") or {}).get("name", ""))
-            elif message.get("role") == "tool":
+            if role == "assistant":
+                names.update(_asked_tools(message.get("tool_calls")))
+            elif role == "tool":
                 call_id = message.get("tool_call_id")
-                content = cap(text_of(message.get("content")), self._result_cap)
                 results.append(
                     {
-                        "tool_call_id": call_id,
-                        "name": names.get(str(call_id)) or message.get("name"),
-                        "content": content,
+                        "tool_call_id": clip(call_id, NAME_CHARS),
+                        "name": clip(names.get(str(call_id)) or message.get("name"), NAME_CHARS),
+                        "content": cap(text_of(message.get("content")), self._result_cap),
                     }
                 )
         return results
@@ -119,52 +175,73 @@ class RecordBuilder:
     def _result_cap(self) -> int:
         return self.settings.content_max_chars if self.full else self.settings.preview_chars
 
-    def _full_messages(
-        self, messages: list[dict[str, Any]], ts: float
-    ) -> tuple[list[dict[str, Any]], list[Any]]:
-        """Messages with system prompts replaced by their hash; new prompts become records of their own."""
+    def _add_messages(
+        self, record: dict[str, Any], errors: list[str], messages: list[dict[str, Any]], ts: float
+    ) -> list[dict[str, Any]]:
+        """`full` capture: the messages, system prompts replaced by their hash; new prompts as records."""
         prompts: list[dict[str, Any]] = []
         out: list[Any] = []
         for message in messages:
             if message.get("role") in ("system", "developer"):
-                text = text_of(message.get("content"))
-                digest = hashlib.sha256(text.encode()).hexdigest()
-                if digest not in self._seen_prompts:
-                    self._seen_prompts.add(digest)
-                    prompts.append(
-                        {"timestamp": iso(ts), "type": "system_prompt", "sha256": digest, "content": text}
-                    )
-                out.append({"role": message["role"], "content_sha256": digest})
+                # a prompt no text can be made of stays as sent, for the serializer to mend
+                out.append(_try(errors, "messages", partial(self._prompt_ref, message, ts, prompts), message))
             else:
                 out.append(_capped_message(message, self.settings.content_max_chars))
-        return prompts, out
+        record["messages"] = out
+        record["system_prompt_sha256"] = next(
+            (m["content_sha256"] for m in out if "content_sha256" in m), None
+        )
+        return prompts
+
+    def _prompt_ref(
+        self, message: dict[str, Any], ts: float, prompts: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """`{role, content_sha256}` for a system prompt; a prompt not seen before is added to `prompts`."""
+        text = text_of(message.get("content"))
+        # surrogatepass: a lone surrogate from the client still hashes, always to the same digest
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        if digest not in self._seen_prompts:
+            self._seen_prompts.add(digest)
+            prompts.append({"timestamp": iso(ts), "type": "system_prompt", "sha256": digest, "content": text})
+        return {"role": message["role"], "content_sha256": digest}
 
     def response(self, call: Call, now: float) -> dict[str, Any]:
         """The response record: status, timings, the answer rebuilt, usage and cost."""
-        answer = call.answer
-        content, reasoning = answer.text, answer.reasoning_text
-        tool_calls = answer.tool_call_list()
-        cost, source = self._cost(call.model, answer.usage)
-        limit = self.settings.content_max_chars
+        errors: list[str] = []
         record = {
-            "timestamp": iso(now),
-            "type": "response",
-            "request_id": call.request_id,
-            "session_id": call.session_id,
-            "provider": call.provider,
-            "model": call.model,
-            "origin": call.origin,
-            "key_name": call.key_name,
-            "endpoint": call.endpoint.label,
-            "stream": call.stream,
+            **head(call, "response", now, call.model),
             "status": call.status,
             "latency_ms": call.latency_ms,
             "ttft_ms": call.ttft_ms if call.stream else None,
-            "finish_reason": answer.finish_reason,
-            "upstream_id": answer.upstream_id,
+            **self._answer(call, errors),
+            "error": clip(call.error, ERROR_CHARS),
+            "upstream_headers": _try(
+                errors, "upstream_headers", lambda: _capped_headers(call.upstream_headers), None
+            ),
+            "client_disconnected": call.client_disconnected,
+        }
+        if call.requested_model and call.requested_model != call.model:
+            record["requested_model"] = clip(call.requested_model, _name_cap(call))
+        if errors:
+            record["record_errors"] = errors
+        return record
+
+    def _answer(self, call: Call, errors: list[str]) -> dict[str, Any]:
+        """The answer's fields of a response record, each read on its own."""
+        answer = call.answer
+        limit, preview = self.settings.content_max_chars, self.settings.preview_chars
+        content = _try(errors, "content", lambda: answer.text, "")
+        reasoning = _try(errors, "reasoning_content", lambda: answer.reasoning_text, "")
+        tool_calls = _try(errors, "tool_calls", lambda: _capped_tools(answer.tool_call_list(), limit), [])
+        cost, source = _try(errors, "cost", lambda: self._cost(call.model, answer.usage), (None, None))
+        return {
+            "finish_reason": _try(
+                errors, "finish_reason", lambda: clip(answer.finish_reason, NAME_CHARS), None
+            ),
+            "upstream_id": _try(errors, "upstream_id", lambda: clip(answer.upstream_id, NAME_CHARS), None),
             "has_content": bool(content),
             "has_tool_calls": bool(tool_calls),
-            "content_preview": cap(content, self.settings.preview_chars) if content else None,
+            "content_preview": cap(content, preview) if content else None,
             "content": cap(content, limit) if content else None,
             "tool_calls": tool_calls,
             "has_reasoning_content": bool(reasoning),
@@ -172,16 +249,13 @@ class RecordBuilder:
             "tokens": answer.usage,
             "cost": cost,
             "cost_source": source,
-            "error": call.error,
-            "upstream_headers": call.upstream_headers,
-            "client_disconnected": call.client_disconnected,
+            # Read with defaults: these attributes of the answer are newer than this module's first users.
+            "truncated": getattr(answer, "truncated", False) is True,
+            "unreadable_chunks": _count(getattr(answer, "bad_chunks", 0)),
         }
-        if call.requested_model and call.requested_model != call.model:
-            record["requested_model"] = call.requested_model
-        return record
 
     def _cost(self, model: str | None, usage: Mapping[str, Any] | None) -> tuple[float | None, str | None]:
-        if not usage:
+        if not usage or not isinstance(usage, Mapping):
             return None, None
         reported = usage.get("cost")
         if isinstance(reported, int | float) and not isinstance(reported, bool):
@@ -194,8 +268,40 @@ class RecordBuilder:
         return round(cost, 8), "price_table"
 
 
+def _asked_tools(tool_calls: Any) -> dict[str, str]:
+    """Tool-call id -> function name, from an assistant message's `tool_calls` of whatever shape."""
+    names: dict[str, str] = {}
+    for tc in tool_calls if isinstance(tool_calls, list) else ():
+        function = tc.get("function") if isinstance(tc, dict) else None
+        if isinstance(function, dict):
+            names[str(tc.get("id"))] = clip(function.get("name"), NAME_CHARS) or ""
+    return names
+
+
+def _content_text(message: dict[str, Any], limit: int) -> str | None:
+    return cap(text_of(message.get("content")), limit)
+
+
 def _capped_message(message: dict[str, Any], limit: int) -> dict[str, Any]:
     content = message.get("content")
     if isinstance(content, str) and len(content) > limit:
         return {**message, "content": cap(content, limit)}
     return message
+
+
+def _capped_tools(tool_calls: list[dict[str, str]], limit: int) -> list[dict[str, Any]]:
+    return [
+        {"name": clip(tc.get("name"), NAME_CHARS), "arguments": clip(tc.get("arguments"), limit)}
+        for tc in tool_calls
+    ]
+
+
+def _capped_headers(headers: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not headers:
+        return None
+    kept = list(headers.items())[:MAX_HEADERS]
+    return {str(clip(name, HEADER_CHARS)): clip(value, HEADER_CHARS) for name, value in kept}
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -7,19 +7,31 @@ A chunk is closed when it is older than the flush interval, larger than the chun
 date changes (so a chunk never spans two date folders). Each writer holds an exclusive `flock` on its open
 chunk; the kernel drops it when the process dies, which is how a restarted gateway (or a sibling worker)
 tells a dead writer's leftover chunk from a live one and closes it for upload.
+
+A disk that fails (full, read-only, I/O errors, the folder removed) makes `write` raise once and then refuse
+quietly until `RETRY_S` has passed, when the next write tries again. An open chunk unlinked under us (an
+operator or a cleanup job removed the folder) still holds its records behind our descriptor: they are read
+back and re-written into a fresh chunk before anything else is appended.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import logging
 import os
 import secrets
 import time
+import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 OPEN_SUFFIX = ".open"
+RETRY_S = 1.0  # after a failed write, how long the spool is left alone before the next write tries again
+
+log = logging.getLogger("gateway.logs")
 
 
 def chunk_name(ts: float, host: str, pid: int) -> str:
@@ -34,6 +46,17 @@ def try_lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def describe_error(exc: BaseException) -> str:
+    """`ENOSPC: No space left on device`, or the type and where it was raised: never the message, which
+    may quote a record."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{errno.errorcode.get(exc.errno, 'OSError')}: {exc.strerror}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    return type(exc).__name__ + (
+        f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    )
 
 
 class Spool:
@@ -64,56 +87,120 @@ class Spool:
         self.pending_bytes = self._measure()
         self.full = False
         self.not_spooled = 0
+        self.error: str | None = None  # the last write's failure, until a write succeeds again
+        self.errors = 0
+        self._retry_at = 0.0
+        # The one seam for faults no unprivileged test can make a real disk produce (EIO).
+        self.write_fd: Callable[[int, memoryview], int] = os.write
 
     def write(self, line: bytes, ts: float) -> bool:
-        """Append one line; False (and `full` set) when the spool has no room left for it."""
+        """Append one line; False when the spool is full or resting after a failure; a failure raises."""
         if self.pending_bytes + len(line) > self.max_bytes:
             self.full = True
             self.not_spooled += 1
             return False
         self.full = False
-        if self._fd is None or self._due(ts) or self._size >= self.chunk_max_bytes:
-            self._open(ts)
-        assert self._fd is not None
-        os.write(self._fd, line)
-        self._size += len(line)
+        if self.error is not None and time.monotonic() < self._retry_at:
+            self.not_spooled += 1
+            return False
+        try:
+            self._append(line, ts)
+        except Exception as exc:
+            self.error, self._retry_at = describe_error(exc), time.monotonic() + RETRY_S
+            self.errors += 1
+            self.not_spooled += 1
+            raise
+        self.error = None
         self.pending_bytes += len(line)
         return True
+
+    def _append(self, line: bytes, ts: float) -> None:
+        if self._fd is None or self._due(ts) or self._size >= self.chunk_max_bytes:
+            self._open(ts)
+        elif self._unlinked():
+            self._salvage()
+        assert self._fd is not None
+        self._append_all(self._fd, line, self._size)
+        self._size += len(line)
+
+    def _append_all(self, fd: int, data: bytes, size: int) -> None:
+        """Append all of `data` to a file of `size` bytes; on failure cut it back, so no half line stays."""
+        view, done = memoryview(data), 0
+        try:
+            while done < len(data):
+                written = self.write_fd(fd, view[done:])
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += written
+        except OSError:
+            if done:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+            raise
 
     def _due(self, now: float) -> bool:
         return now >= self._deadline
 
+    def _unlinked(self) -> bool:
+        return self._fd is not None and os.fstat(self._fd).st_nlink == 0
+
+    def _create(self, ts: float) -> tuple[int, Path]:
+        path = self.root / (chunk_name(ts, self.host, self.pid) + OPEN_SUFFIX)
+        path.parent.mkdir(parents=True, exist_ok=True)  # also brings back a removed spool folder
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)  # readable: see `_salvage`
+        try_lock(fd)  # a fresh name: nobody else holds it
+        return fd, path
+
     def _open(self, ts: float) -> None:
         self.close_current()
-        name = chunk_name(ts, self.host, self.pid)
-        path = self.root / (name + OPEN_SUFFIX)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        try_lock(fd)  # a fresh name: nobody else holds it
-        self._fd, self._path, self._opened, self._size = fd, path, ts, 0
+        self._fd, self._path = self._create(ts)
+        self._opened, self._size = ts, 0
         midnight = (ts // 86400 + 1) * 86400  # the next UTC date boundary
         self._deadline = min(ts + self.max_age_s, midnight)
 
+    def _salvage(self) -> None:
+        """Re-write the records of the open chunk, unlinked under us, into a fresh chunk of the same date."""
+        assert self._fd is not None
+        old = self._fd
+        data = _read_all_at(old)
+        fd, path = self._create(self._opened)
+        try:
+            self._append_all(fd, data, 0)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise  # the old descriptor still holds the records: the next try starts again from it
+        os.close(old)
+        log.warning("the open log chunk was removed from disk; its %d bytes were re-written", len(data))
+        self._fd, self._path, self._size = fd, path, len(data)
+
     def rotate_if_due(self, now: float) -> None:
-        """Close the current chunk when it has aged past the flush interval (or the date changed)."""
+        """Re-write an unlinked open chunk; close the chunk when it has aged past the flush interval."""
         if self._fd is not None and self._due(now):
             self.close_current()
+        elif self._unlinked():
+            self._salvage()
 
     def close_current(self) -> Path | None:
         """Close the chunk being written, making it ready for upload; an empty one is removed."""
         if self._fd is None or self._path is None:
             return None
-        fd, path = self._fd, self._path
-        self._fd = self._path = None
-        closed = path.with_name(path.name.removesuffix(OPEN_SUFFIX))
+        if self._size and self._unlinked():
+            self._salvage()
+        closed = self._path.with_name(self._path.name.removesuffix(OPEN_SUFFIX))
         if self._size:
-            os.rename(path, closed)
+            try:
+                os.rename(self._path, closed)
+            except FileNotFoundError:  # moved away by hand (it still has a name: not ours to re-write)
+                log.warning("the open log chunk %s was moved away; leaving it where it went", self._path)
         else:
-            path.unlink(missing_ok=True)
+            self._path.unlink(missing_ok=True)
+        fd, size = self._fd, self._size
+        self._fd = self._path = None
         os.close(
             fd
         )  # after the rename, so no other process can take the lock while it still has the old name
-        return closed if self._size else None
+        return closed if size else None
 
     def recover(self) -> int:
         """Close the open chunks of writers that died (their lock is gone); return how many."""
@@ -157,3 +244,12 @@ class Spool:
 
     def age(self, now: float | None = None) -> float:
         return (now or time.time()) - self._opened if self._fd is not None else 0.0
+
+
+def _read_all_at(fd: int) -> bytes:
+    """Everything in the file behind `fd`, read by offset (the descriptor's own position is not ours)."""
+    parts, offset = [], 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)

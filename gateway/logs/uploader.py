@@ -106,7 +106,8 @@ class Uploader:
                 Body=data,
                 ContentType="application/x-ndjson",
             )
-            os.unlink(path)  # only now: S3 has confirmed the object
+            with contextlib.suppress(FileNotFoundError):  # removed by hand meanwhile: shipped all the same
+                os.unlink(path)  # only now: S3 has confirmed the object
             self.spool.forget(len(data))
             self.uploaded_chunks += 1
             self.uploaded_bytes += len(data)
