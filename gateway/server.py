@@ -36,6 +36,9 @@ def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) 
         # aiohttp arms this timer at connect and again after each response, and closes a connection still
         # waiting for a whole request line and headers when it fires: the header timeout, slowloris included.
         keepalive_timeout=settings.header_timeout_s,
+        # A body the handler left unread belongs to a call refused before it (no key, too large, too slow,
+        # undecodable): aiohttp would go on reading and discarding it for 10 s; the connection closes now.
+        lingering_time=0,
         shutdown_timeout=settings.drain_timeout_s if shutdown_timeout is None else shutdown_timeout,
     )
 

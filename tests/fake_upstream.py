@@ -4,7 +4,12 @@ It is the only fake in the test suite: everything else is real. Each answer is a
 queued with `FakeUpstream.queue(...)` (say, two failures before the responder's answer), else the one
 `FakeUpstream.responder(body)` chooses; the default responder reads an optional `"fake": {...}` object from
 the request body (so tests that drive the gateway as a subprocess can steer it), else answers with a short
-text. Every request is kept in `requests` with the bytes sent back, so tests can compare exact bytes.
+text. Every request is kept in `requests` with the bytes sent back, so tests can compare exact bytes, and
+counted by path in `hits` (unknown paths too), so a test can show that nothing reached a server at all.
+
+Hostile answers for the hardening tests: redirects, bytes sent verbatim (`raw_events`, `raw_body`), gzip,
+streams that never end (`endless`) or arrive one byte at a time (`drip`), and the provider key echoed back
+in several spellings (`echo_style`).
 
 Run on its own: `python tests/fake_upstream.py --port 18000`.
 """
@@ -14,11 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gzip
 import itertools
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -44,7 +52,17 @@ class Reply:
     abort_after: int | None = None  # close the connection after this many chunks
     drop: bool = False  # close the connection without answering at all
     echo_key: bool = False  # the error body quotes the request's Authorization header, as careless servers do
+    # How the echoed header is spelled inside the JSON: "json" (orjson's escapes), "slash" (also `\/`),
+    # "unicode" (`\u0022` for every non-alphanumeric) or "url" (percent-encoded). A 200 stream echoes it in
+    # an error event after the content, then ends without [DONE], as providers fail mid-stream.
+    echo_style: str = "json"
     model: str = ""
+    redirect: str = ""  # with a 3xx status: answer with this Location and nothing else
+    raw_events: list[bytes] | None = None  # the stream body, each item written verbatim as one write
+    raw_body: bytes | None = None  # the whole answer body, verbatim, with `status`
+    gzip: bool = False  # compress the body (stream writes each flushed at once) with Content-Encoding: gzip
+    endless: bool = False  # stream content deltas (or, non-streamed, spaces) until the client goes away
+    drip: float = 0.0  # send the answer one byte every `drip` seconds, forever
 
 
 def default_responder(body: dict[str, Any]) -> Reply:
@@ -53,7 +71,21 @@ def default_responder(body: dict[str, Any]) -> Reply:
     reply = Reply(**{k: v for k, v in spec.items() if k in known})
     if isinstance(reply.error, str):
         reply.error = reply.error.encode()
+    if isinstance(reply.raw_body, str):
+        reply.raw_body = reply.raw_body.encode()
+    if reply.raw_events is not None:
+        reply.raw_events = [e.encode() if isinstance(e, str) else e for e in reply.raw_events]
     return reply
+
+
+def spell(text: str, style: str) -> bytes:
+    """`text` as it appears inside a JSON string, spelled one of the ways servers do (Reply.echo_style)."""
+    if style == "url":
+        return orjson.dumps(quote(text, safe=""))[1:-1]
+    if style == "unicode":
+        return "".join(c if c.isalnum() or c == " " else f"\\u{ord(c):04x}" for c in text).encode()
+    escaped = orjson.dumps(text)[1:-1]
+    return escaped.replace(b"/", b"\\/") if style == "slash" else escaped
 
 
 class FakeUpstream:
@@ -62,20 +94,35 @@ class FakeUpstream:
     def __init__(self, responder: Callable[[dict[str, Any]], Reply] = default_responder) -> None:
         self.responder = responder
         self.url = ""  # the base URL, once something serves `app`
-        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body", "raw", "at", "sent"}
+        # {"path", "headers", "body", "raw", "at", "sent", "sent_bytes"}; of an endless or dripped answer
+        # `sent` keeps only the first two writes, so a test measuring memory is not measuring the fake.
+        self.requests: list[dict[str, Any]] = []
+        self.hits: collections.Counter[str] = collections.Counter()  # every request, by path
         self.queued: collections.deque[Reply] = collections.deque()
         self.disconnects = 0
         self.disconnected = asyncio.Event()
         self.gate: asyncio.Queue[None] | None = None  # when set, each stream chunk waits for a token
         self.models = ["fake-model"]
         self.model_listings: list[dict[str, str]] = []  # the headers of each GET /v1/models
+        self.models_redirect = ""  # when set, GET /v1/models answers `models_redirect_status` to it
+        self.models_redirect_status = 302
         self._ids = itertools.count(1)
-        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._count])
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/completions", self.completions)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
         self.app.router.add_get("/v1/models", self.list_models)
         self.app.router.add_get("/_requests", self.dump_requests)
+
+    @property
+    def total_hits(self) -> int:
+        return sum(self.hits.values())
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        self.hits[request.path] += 1
+        response: web.StreamResponse = await handler(request)
+        return response
 
     def queue(self, *replies: Reply) -> None:
         """Answer the next requests with `replies`, in order, before the responder has its say again."""
@@ -92,6 +139,7 @@ class FakeUpstream:
                 "raw": raw,
                 "at": time.monotonic(),
                 "sent": [],
+                "sent_bytes": 0,
             }
         )
         reply = self.queued.popleft() if self.queued else self.responder(body)
@@ -101,13 +149,36 @@ class FakeUpstream:
             assert request.transport is not None
             request.transport.close()
         if reply.echo_key:
-            said = request.headers.get("Authorization", "")
-            reply.error = orjson.dumps({"error": {"message": f"key {said} is over quota", "type": "quota"}})
+            said = spell(request.headers.get("Authorization", ""), reply.echo_style)
+            reply.error = b'{"error": {"message": "key ' + said + b' is over quota", "type": "quota"}}'
         return body, reply
 
-    def _sent(self, data: bytes) -> bytes:
-        self.requests[-1]["sent"].append(data)
+    def _sent(self, data: bytes, keep: bool = True) -> bytes:
+        record = self.requests[-1]
+        record["sent_bytes"] += len(data)
+        if keep:
+            record["sent"].append(data)
         return data
+
+    def _fixed(self, reply: Reply) -> web.Response | None:
+        """The answer when `reply` fixes it whatever the request: a redirect, an error, or raw bytes."""
+        if reply.redirect:
+            headers = {"Location": reply.redirect, **reply.headers}
+            return web.Response(status=reply.status, body=self._sent(b"moved"), headers=headers)
+        if reply.raw_body is not None:
+            return self._whole(reply.raw_body, reply, reply.status)
+        if reply.status >= 400:
+            return self._error(reply)
+        return None
+
+    def _whole(self, raw: bytes, reply: Reply, status: int = 200) -> web.Response:
+        """A whole body: the bytes kept in `sent` are the uncompressed ones the client should end up with."""
+        self._sent(raw)
+        headers = _json_headers(reply)
+        if reply.gzip:
+            raw = gzip.compress(raw)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(status=status, body=raw, headers=headers)
 
     async def _wait(self, seconds: float) -> None:
         try:
@@ -122,17 +193,18 @@ class FakeUpstream:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body, reply = await self._take(request)
-        if reply.status >= 400:
-            return self._error(reply)
+        if (fixed := self._fixed(reply)) is not None:
+            return fixed
         model = reply.model or body.get("model", "fake-model")
-        if body.get("stream"):
+        if body.get("stream") or reply.raw_events is not None:
             return await self._stream(request, body, reply, model)
-        raw = self._sent(orjson.dumps(self._completion(body, reply, model)))
-        return web.Response(body=raw, headers=_json_headers(reply))
+        if reply.endless or reply.drip:
+            return await self._endless_body(request, reply)
+        return self._whole(orjson.dumps(self._completion(body, reply, model)), reply)
 
     def _error(self, reply: Reply) -> web.Response:
         raw = reply.error or orjson.dumps({"error": {"message": "fake failure", "type": "server_error"}})
-        return web.Response(status=reply.status, body=self._sent(raw), headers=_json_headers(reply))
+        return self._whole(raw, reply, reply.status)
 
     def _completion(self, body: dict[str, Any], reply: Reply, model: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": reply.content or None}
@@ -159,7 +231,10 @@ class FakeUpstream:
     async def _stream(
         self, request: web.Request, body: dict[str, Any], reply: Reply, model: str
     ) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **reply.headers})
+        headers = {"Content-Type": "text/event-stream", **reply.headers}
+        if reply.gzip:
+            headers["Content-Encoding"] = "gzip"
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         base = {
             "id": f"chatcmpl-fake-{next(self._ids)}",
@@ -167,24 +242,65 @@ class FakeUpstream:
             "created": int(time.time()),
             "model": model,
         }
+        events: Iterable[bytes]
+        if reply.raw_events is not None:
+            events = reply.raw_events
+        elif reply.endless or reply.drip:
+            events = self._endless_events(reply, base)
+        else:
+            events = self._events(body, reply, base)
+        return await self._write_all(request, response, events, reply)
+
+    async def _write_all(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        events: Iterable[bytes],
+        reply: Reply,
+    ) -> web.StreamResponse:
+        """Write `events` paced as `reply` says; `sent` keeps them uncompressed, as the client reads them."""
+        packer = zlib.compressobj(wbits=31) if reply.gzip else None  # wbits 31: the gzip container
+        if reply.drip:
+            events = (bytes([byte]) for byte in itertools.chain.from_iterable(events))
         sent = 0
         try:
-            for event in self._events(body, reply, base):
+            for event in events:
                 if reply.abort_after is not None and sent >= reply.abort_after:
                     assert request.transport is not None
                     request.transport.close()
                     return response
                 if self.gate is not None:
                     await self.gate.get()
+                elif reply.drip and sent:
+                    await asyncio.sleep(reply.drip)
                 elif reply.chunk_delay and sent:
                     await asyncio.sleep(reply.chunk_delay)
-                await response.write(self._sent(event))
+                data = self._sent(event, keep=sent < 2 or not (reply.endless or reply.drip))
+                if packer is not None:
+                    data = packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
+                await response.write(data)
                 sent += 1
+            if packer is not None:
+                await response.write(packer.flush())
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self._mark_disconnect()
             raise
         return response
+
+    def _endless_events(self, reply: Reply, base: dict[str, Any]) -> Iterator[bytes]:
+        """The role chunk, then the same content delta forever: a client can check every byte it gets."""
+        first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+        more = {"index": 0, "delta": {"content": reply.content}, "finish_reason": None}
+        delta = {**base, "choices": [more]}
+        yield b"data: " + orjson.dumps(first) + b"\n\n"
+        yield from itertools.repeat(b"data: " + orjson.dumps(delta) + b"\n\n")
+
+    async def _endless_body(self, request: web.Request, reply: Reply) -> web.StreamResponse:
+        """A non-streamed answer that never ends: JSON may begin with any amount of whitespace."""
+        response = web.StreamResponse(headers=_json_headers(reply))
+        await response.prepare(request)
+        return await self._write_all(request, response, itertools.repeat(b" " * 65536), reply)
 
     def _events(self, body: dict[str, Any], reply: Reply, base: dict[str, Any]) -> list[bytes]:
         def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -196,6 +312,8 @@ class FakeUpstream:
             events.append(b": OPENROUTER PROCESSING\n\n")
         events += [chunk({reply.reasoning_field: piece}) for piece in _pieces(reply.reasoning, 0)]
         events += [chunk({"content": piece}) for piece in _pieces(reply.content, reply.chunks)]
+        if reply.echo_key:
+            return [*events, b"data: " + (reply.error or b"") + b"\n\n"]
         for i, call in enumerate(reply.tool_calls):
             head = {
                 "index": i,
@@ -216,8 +334,8 @@ class FakeUpstream:
 
     async def completions(self, request: web.Request) -> web.Response:
         body, reply = await self._take(request)
-        if reply.status >= 400:
-            return self._error(reply)
+        if (fixed := self._fixed(reply)) is not None:
+            return fixed
         data = {
             "id": f"cmpl-fake-{next(self._ids)}",
             "object": "text_completion",
@@ -226,19 +344,24 @@ class FakeUpstream:
             "usage": _usage(body, reply),
             "choices": [{"index": 0, "text": reply.content, "finish_reason": "stop", "logprobs": None}],
         }
-        return web.json_response(data, dumps=lambda o: orjson.dumps(o).decode())
+        return self._whole(orjson.dumps(data), reply)
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        body, _ = await self._take(request)
+        body, reply = await self._take(request)
+        if (fixed := self._fixed(reply)) is not None:
+            return fixed
         inputs = body.get("input")
         items = inputs if isinstance(inputs, list) else [inputs]
         data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(items))]
         usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
         out = {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
-        return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
+        return self._whole(orjson.dumps(out), reply)
 
     async def list_models(self, request: web.Request) -> web.Response:
         self.model_listings.append(dict(request.headers))
+        if self.models_redirect:
+            headers = {"Location": self.models_redirect}
+            return web.Response(status=self.models_redirect_status, headers=headers, text="moved")
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
