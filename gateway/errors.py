@@ -10,7 +10,7 @@
     └── UpstreamError             502  the provider could not be reached or answered badly
         ├── UpstreamRedirect      502  the provider answered 3xx (never followed)
         ├── UpstreamTooLarge      502  an answer or one stream event past its size limit
-        ├── ProviderUnavailable   503  the routed provider has no endpoint configured
+        ├── ProviderUnavailable   503  the routed provider has no endpoint or no key configured
         └── UpstreamTimeout       504  no answer in time, silence mid-answer, or the call's deadline
 
 Foreign exceptions (aiohttp's client errors, timeouts) are mapped to these in exactly one place,

@@ -98,8 +98,7 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
     if provider is None:
         raise InvalidRequest("This deployment has no default provider for /llm.", code="no_default_provider")
     call.provider = provider.id
-    if not provider.settings.endpoint:
-        raise ProviderUnavailable(f"The provider {provider.id!r} has no endpoint configured.")
+    _check_ready(provider)
     gw.log_request(call)
     provider, upstream, strip_usage = await _send(gw, call, provider, body, raw)
     done = False
@@ -213,6 +212,12 @@ async def _send(
         last = i == len(candidates) - 1
         if i:
             provider = gw.router.resolve(candidate)
+            try:
+                _check_ready(provider)
+            except ProviderUnavailable:
+                if last:
+                    raise
+                continue
         attempt_body = {**body, "model": candidate} if len(candidates) > 1 else body
         request, strip_usage = _build(call, provider, attempt_body, raw if not i else b"", candidate)
         try:
@@ -228,6 +233,18 @@ async def _send(
         call.provider, call.model = provider.id, candidate or call.model
         return provider, response, strip_usage
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_ready(provider: Provider) -> None:
+    """Refuse at once, without contacting it, a provider that has no endpoint or lacks its key."""
+    if not provider.settings.endpoint:
+        raise ProviderUnavailable(f"The provider {provider.id!r} has no endpoint configured.")
+    if provider.settings.api_key_env and not provider.api_key:
+        raise ProviderUnavailable(
+            f"The provider {provider.id!r} has no key: set the environment variable "
+            f"{provider.settings.api_key_env} (or `api_key_env: null` for a provider that needs none).",
+            code="provider_key_missing",
+        )
 
 
 def _build(

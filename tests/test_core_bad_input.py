@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 import pytest
 from conftest import AUTH, CHAT, MakeGateway, RunningGateway, gateway_config
+from conftest import provider_section as section
 from fake_upstream import FakeUpstream
 
 MESSAGES = CHAT["messages"]
@@ -134,6 +135,28 @@ async def test_a_provider_without_an_endpoint_is_503_not_500(
         assert response.status == 503
         error = (await response.json())["error"]
     assert error["code"] == "provider_not_configured"
+
+
+async def test_a_provider_without_its_key_is_503_naming_the_variable_and_never_contacted(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    raw_config = gateway_config(
+        fake_upstream.url,
+        providers={
+            "fake": section(fake_upstream.url),
+            "open": section(fake_upstream.url, api_key_env=None, models=["open-model"], model_prefixes=[]),
+        },
+    )
+    gateway = await make_gateway(raw_config, env={})  # FAKE_KEY unset
+    async with http.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH) as response:
+        assert response.status == 503
+        error = (await response.json())["error"]
+    assert error["code"] == "provider_key_missing" and "FAKE_KEY" in error["message"]
+    assert fake_upstream.requests == []
+    body = {**CHAT, "model": "open-model"}  # a provider that says it needs no key is called as before
+    async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+        assert response.status == 200
+    assert len(fake_upstream.requests) == 1
 
 
 async def _raw_http(url: str, head: bytes, body: bytes) -> tuple[int, bytes]:

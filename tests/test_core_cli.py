@@ -229,7 +229,9 @@ async def test_serve_allow_open_accepts_anyone_and_says_so(
 async def test_allow_open_is_ignored_when_a_key_is_configured(
     start_cli: StartCli, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
-    gateway = await start_cli(_config(fake_upstream.url), args=["--allow-open"], env={"PROXY_KEY": "k"})
+    gateway = await start_cli(
+        _config(fake_upstream.url), args=["--allow-open"], env={"PROXY_KEY": "k", "FAKE_KEY": PROVIDER_KEY}
+    )
     assert await _chat(http, gateway.url, None) == 401
     assert await _chat(http, gateway.url, "k") == 200
 
@@ -263,7 +265,9 @@ def _alive(pid: int) -> bool:
 async def test_two_workers_both_serve_and_sigterm_stops_them_all(
     start_cli: StartCli, fake_upstream: FakeUpstream
 ) -> None:
-    gateway = await start_cli(_config(fake_upstream.url), args=["--workers", "2"], env={"PROXY_KEY": "k"})
+    gateway = await start_cli(
+        _config(fake_upstream.url), args=["--workers", "2"], env={"PROXY_KEY": "k", "FAKE_KEY": PROVIDER_KEY}
+    )
     # A fresh connection each time: the kernel spreads connections over the workers sharing the port.
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -277,7 +281,9 @@ async def test_two_workers_both_serve_and_sigterm_stops_them_all(
 
 
 async def test_a_worker_that_dies_is_replaced(start_cli: StartCli, fake_upstream: FakeUpstream) -> None:
-    gateway = await start_cli(_config(fake_upstream.url), args=["--workers", "2"], env={"PROXY_KEY": "k"})
+    gateway = await start_cli(
+        _config(fake_upstream.url), args=["--workers", "2"], env={"PROXY_KEY": "k", "FAKE_KEY": PROVIDER_KEY}
+    )
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
         victim, survivor = await _worker_pids(session, gateway.url)
