@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway import info
 from gateway.auth import KeyRing, named_keys
-from gateway.config import Config, ConfigError
+from gateway.config import Config, validate
 from gateway.cors import Cors
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, errors
@@ -20,7 +20,6 @@ from gateway.scrub import Scrubber
 from gateway.state import GATEWAY, Gateway, Recorder
 from gateway.upstream import Upstream
 from providers.base import Endpoint, Provider
-from providers.registry import build_providers, discover
 
 
 def create_app(
@@ -31,12 +30,10 @@ def create_app(
     env: Mapping[str, str] | None = None,
     recorder: Recorder | None = None,
 ) -> web.Application:
-    """Build the gateway. Tests hand in fake providers, keys and environment directly."""
+    """Build the gateway: `providers` as `validate` built them, which runs when none are handed in."""
     env = os.environ if env is None else env
     if providers is None:
-        providers, problems = build_providers(config.providers, discover(), env)
-        if problems:
-            raise ConfigError(problems)
+        providers = validate(config, env).providers
     secrets = [s for p in providers.values() for s in p.secrets] + list(named_keys(env).values())
     router = Router(providers, config.default_provider)
     gw = Gateway(config, router, keys or KeyRing.from_env(env), Scrubber(secrets), Metrics(router.exact))

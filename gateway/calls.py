@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from gateway.repair import ToolCallRepair
 from providers.base import Endpoint
 
 
@@ -199,11 +200,19 @@ class Call:
     upstream_headers: dict[str, str] | None = None
     request_logged: bool = False
     deadline: float = float("inf")  # a time.perf_counter() value no part of the call may pass
+    ended: float | None = None  # when the call was over, so a record built later still times it right
     answer: Answer = field(default_factory=Answer)
+    tool_repair: ToolCallRepair | None = None  # set when the answer is checked for tool calls leaked as text
 
     @property
     def latency_ms(self) -> float:
-        return round((time.perf_counter() - self.started) * 1000, 2)
+        end = time.perf_counter() if self.ended is None else self.ended
+        return round((end - self.started) * 1000, 2)
+
+    @property
+    def wall_end(self) -> float:
+        """The wall-clock time the call was over (now, while it is not)."""
+        return time.time() if self.ended is None else self.wall_start + (self.ended - self.started)
 
     @property
     def ttft_ms(self) -> float | None:

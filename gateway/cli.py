@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.auth import KeyRing, one_time_key
-from gateway.config import Config, ConfigError, load_config, read_raw
-from gateway.errors import NotFound
-from gateway.prices import PriceTableError, load_prices
-from gateway.routing import Router, duplicate_models
-from providers.registry import build_providers, discover
+from gateway.config import ConfigError, Validated, load
+from providers.registry import discover
 
 log = logging.getLogger("gateway")
 ONE_TIME_KEY_ENV = "OPEN_LLM_PROXY_ONE_TIME_KEY"  # hands the parent's one-time key to its workers
+# What makes an address impossible to listen on: said in one line and exit 2, not a traceback.
+BIND_ERRORS = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,67 +99,21 @@ def _delegate(command: str, argv: list[str]) -> int:
     return agent(argv)
 
 
-def validate(config: Config, env: Mapping[str, str]) -> list[str]:
-    """Every problem with a parsed config, one line each."""
-    providers, problems = build_providers(config.providers, discover(), env)
-    problems += duplicate_models(providers)
-    if config.default_provider is not None and config.default_provider not in config.providers:
-        problems.append(f"default_provider: {config.default_provider!r} is not a configured provider")
-    if config.logging.prices:
-        try:
-            load_prices(Path(config.logging.prices))
-        except PriceTableError as exc:
-            problems.append(f"logging.prices: {exc}")
-    if config.logging.capture not in ("summary", "full"):
-        problems.append(f"logging.capture: must be summary or full, not {config.logging.capture!r}")
-    return problems + _fallback_problems(config, Router(providers, config.default_provider))
-
-
-def _fallback_problems(config: Config, router: Router) -> list[str]:
-    """Fallbacks no provider serves: they would turn a provider's failure into a 404 at the worst moment."""
-    problems = []
-    for model, others in config.upstream.fallbacks.items():
-        where = f"upstream.fallbacks.{model}"
-        for other in others:
-            if not isinstance(other, str):
-                problems.append(f"{where}: expected model names, got {type(other).__name__}")
-                continue
-            try:
-                router.resolve(other)
-            except NotFound:
-                problems.append(f"{where}: {other!r} is not a model this config serves")
-    return problems
-
-
-def _provider_problems(path: str) -> list[str]:
-    """The provider sections' problems, for a file whose other sections did not parse: all said in one run."""
-    try:
-        sections = read_raw(path).get("providers")
-    except ConfigError:
-        return []
-    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
-        return []
-    providers, problems = build_providers(sections, discover(), os.environ)
-    return problems + duplicate_models(providers)
-
-
 def check_config(path: str) -> int:
+    """Validate `path` as `serve` would: a summary and exit 0, or one line per problem and exit 2."""
     try:
-        config = load_config(path)
-        problems = validate(config, os.environ)
+        validated = load(path, os.environ)
     except ConfigError as exc:
-        problems = exc.problems + _provider_problems(path)
-    except OSError as exc:
-        problems = [exc.strerror or str(exc)]
-    if problems:
-        for line in problems:
+        for line in exc.problems:
             print(f"{path}: {line}", file=sys.stderr)
         return 2
-    providers, _ = build_providers(config.providers, discover(), os.environ)
+    for line in validated.warnings:
+        print(f"{path}: warning: {line}", file=sys.stderr)
+    config, providers = validated.config, validated.providers
     print(f"{path}: OK, {len(providers)} providers, default {config.default_provider or 'none'}")
     for name, p in providers.items():
         s = p.settings
-        key = f"{s.api_key_env} {'set' if p.api_key else 'NOT set'}" if s.api_key_env else "no key"
+        key = f"{s.api_key_env} {'set' if p.api_key else 'NOT set'}" if s.api_key_env else "none needed"
         prefixes = ", ".join(s.prefixes) or "none"
         print(f"  {name} [{s.plugin}] {s.endpoint or '(no endpoint)'}  key: {key}")
         print(f"    models: {', '.join(s.models) or 'none'}; prefixes: {prefixes}")
@@ -177,21 +131,40 @@ def list_providers() -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
-    from gateway.server import run, setup_logging
+    from gateway.server import check_port, run, setup_logging
 
     setup_logging()
+    validated = _load_for_serving(args.config)
+    if validated is None:
+        return 2
     try:
-        config = load_config(args.config)
-        problems = validate(config, os.environ)
-        if problems:
-            raise ConfigError(problems)
-    except (ConfigError, OSError) as exc:
-        for line in exc.problems if isinstance(exc, ConfigError) else [str(exc)]:
-            log.error("config %s: %s", args.config or "(built-in defaults)", line)
+        # In this process, before any worker would fail to bind (and be restarted, forever) and before a
+        # one-time key is printed for a gateway that cannot start.
+        check_port(args.host, args.port)
+    except OSError as exc:
+        if exc.errno not in BIND_ERRORS and not isinstance(exc, socket.gaierror):
+            raise
+        reason = os.strerror(exc.errno) if exc.errno in BIND_ERRORS else exc.strerror
+        log.error("cannot listen on %s port %d: %s", args.host, args.port, reason)
         return 2
     keys = _keys(args.allow_open)
-    log.info("config: %s; providers: %s", config.source, ", ".join(config.providers))
-    return run(lambda: create_app(config, keys=keys), args.host, args.port, args.workers)
+    config, providers = validated.config, validated.providers
+    log.info("config: %s; providers: %s", config.source, ", ".join(providers))
+    return run(lambda: create_app(config, providers, keys=keys), args.host, args.port, args.workers)
+
+
+def _load_for_serving(path: str | None) -> Validated | None:
+    """The validated config, its warnings logged; None (its problems logged) when it cannot be served."""
+    where = path or "(built-in defaults)"
+    try:
+        validated = load(path, os.environ)
+    except ConfigError as exc:
+        for line in exc.problems:
+            log.error("config %s: %s", where, line)
+        return None
+    for line in validated.warnings:
+        log.warning("config %s: %s", where, line)
+    return validated
 
 
 def _keys(allow_open: bool) -> KeyRing:

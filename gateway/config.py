@@ -1,8 +1,9 @@
-"""Configuration: YAML or JSON (by extension), validated into frozen dataclasses.
+"""Configuration: YAML or JSON (by extension), validated into frozen dataclasses, its providers built.
 
-`load_config(path)` raises `ConfigError` holding one line per problem; `check-config` prints them.
-Provider sections stay raw mappings here: each plugin merges its own defaults under them
-(`providers.base.resolve_settings`), so a plugin, not this module, decides what a section means.
+`load(path, env)` is the one way in for `serve` and `check-config`, and `validate` the one check that
+`create_app` runs too: every problem is collected first, then raised as one `ConfigError` holding one line
+each. Provider sections stay raw mappings in `Config`: each plugin lays them over its own defaults
+(`providers.registry.resolve_settings`), so a plugin, not this module, decides what a section means.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from typing import Any
 
 import yaml
 
+from gateway.errors import NotFound
+from gateway.prices import PriceTableError, load_prices
+from gateway.routing import Router, duplicate_models
+from providers.base import Provider
+from providers.registry import build_providers, discover, readiness_warnings, shown, unknown_setting
+
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+IMPLIED_DEFAULT = "nrp"  # the earlier proxy sent unknown models here when its config named no default
 
 
 class ConfigError(Exception):
@@ -105,7 +113,12 @@ _SECTIONS: dict[str, type] = {
 def read_raw(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a mapping."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([exc.strerror or str(exc)]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from exc
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
@@ -131,22 +144,32 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<memory>") -> Config:
-    """Turn a raw mapping into a Config, collecting every problem before raising."""
+    """Turn a raw mapping into a Config, collecting every problem of its own before raising."""
     problems: list[str] = []
+    config = _parse(raw, source, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _parse(raw: Mapping[str, Any], source: str, problems: list[str]) -> Config:
+    """The Config `raw` describes, every wrong value left at its default and said in `problems`."""
     providers = raw.get("providers") or {}
     if not isinstance(providers, dict) or not all(isinstance(v, dict) for v in providers.values()):
-        problems.append("providers: must be a mapping of provider name to settings")
+        problems.append(f"providers: must be a mapping of provider name to settings, not {shown(providers)}")
         providers = {}
-    default = raw.get("default_provider")
+    # No key at all is an earlier config: it keeps the earlier fallback. An explicit null means none.
+    default = raw.get("default_provider", IMPLIED_DEFAULT if IMPLIED_DEFAULT in providers else None)
     if default is not None and not isinstance(default, str):
-        problems.append("default_provider: must be a provider name or null")
+        problems.append(f"default_provider: must be a provider name or null, not {shown(default)}")
+        default = None
     sections = {name: _section(cls, raw.get(name), name, problems) for name, cls in _SECTIONS.items()}
     if sections["server"].header_timeout_s <= 0:  # 0 would leave slow senders holding sockets forever
         problems.append("server.header_timeout_s: must be above 0")
+    if sections["logging"].capture not in ("summary", "full"):
+        problems.append(f"logging.capture: must be summary or full, not {shown(sections['logging'].capture)}")
     known = {"providers", "default_provider", *_SECTIONS}
-    problems += [f"{key}: unknown top-level setting" for key in raw if key not in known]
-    if problems:
-        raise ConfigError(problems)
+    problems += [unknown_setting("", key, known, "top-level setting") for key in raw if key not in known]
     return Config(providers=providers, default_provider=default, source=source, **sections)
 
 
@@ -154,7 +177,7 @@ def _section(cls: type, value: Any, name: str, problems: list[str]) -> Any:
     if value is None:
         return cls()
     if not isinstance(value, dict):
-        problems.append(f"{name}: must be a mapping")
+        problems.append(f"{name}: must be a mapping, not {shown(value)}")
         return cls()
     kwargs: dict[str, Any] = {}
     defaults = cls()
@@ -164,9 +187,8 @@ def _section(cls: type, value: Any, name: str, problems: list[str]) -> Any:
         coerced = _coerce(value[f.name], getattr(defaults, f.name), f"{name}.{f.name}", problems)
         if coerced is not None:
             kwargs[f.name] = coerced
-    problems += [
-        f"{name}.{key}: unknown setting" for key in value if key not in {f.name for f in fields(cls)}
-    ]
+    names = {f.name for f in fields(cls)}
+    problems += [unknown_setting(name, key, names) for key in value if key not in names]
     return cls(**kwargs)
 
 
@@ -186,7 +208,7 @@ def _coerce(value: Any, default: Any, where: str, problems: list[str]) -> Any:
     else:  # strings, and optional strings whose default is None
         ok = isinstance(value, str)
     if not ok:
-        problems.append(f"{where}: expected {_type_name(default)}, got {type(value).__name__}")
+        problems.append(f"{where}: expected {_type_name(default)}, got {shown(value)}")
         return None
     return value
 
@@ -201,3 +223,59 @@ def _type_name(default: Any) -> str:
     if isinstance(default, Mapping):
         return "a mapping"
     return "a string"
+
+
+@dataclass(frozen=True)
+class Validated:
+    """A config that passed every check, with its providers built: what the gateway serves."""
+
+    config: Config
+    providers: Mapping[str, Provider]
+    warnings: tuple[str, ...] = ()  # what serves but answers 503 until the environment supplies it
+
+
+def load(path: str | Path | None, env: Mapping[str, str]) -> Validated:
+    """Read, parse and validate `path` (the built-in defaults when None): every problem said in one run."""
+    raw = read_raw(path or DEFAULTS_PATH)
+    problems: list[str] = []
+    config = _parse(raw, str(path) if path else "built-in defaults", problems)
+    try:
+        validated = validate(config, env)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return validated
+
+
+def validate(config: Config, env: Mapping[str, str]) -> Validated:
+    """Build the providers and check the config as a whole; ConfigError holding every problem."""
+    providers, problems = build_providers(config.providers, discover(), env)
+    problems += duplicate_models(providers)
+    if config.default_provider is not None and config.default_provider not in config.providers:
+        problems.append(f"default_provider: {config.default_provider!r} is not a configured provider")
+    if config.logging.prices:
+        try:
+            load_prices(Path(config.logging.prices))
+        except PriceTableError as exc:
+            problems.append(f"logging.prices: {exc}")
+    problems += _fallback_problems(config, Router(providers, config.default_provider))
+    if problems:
+        raise ConfigError(problems)
+    return Validated(config, providers, tuple(readiness_warnings(providers)))
+
+
+def _fallback_problems(config: Config, router: Router) -> list[str]:
+    """Fallbacks no provider serves: they would turn a provider's failure into a 404 at the worst moment."""
+    problems = []
+    for model, others in config.upstream.fallbacks.items():
+        where = f"upstream.fallbacks.{model}"
+        for other in others:
+            if not isinstance(other, str):
+                problems.append(f"{where}: expected model names, got {shown(other)}")
+                continue
+            try:
+                router.resolve(other)
+            except NotFound:
+                problems.append(f"{where}: {other!r} is not a model this config serves")
+    return problems

@@ -47,6 +47,8 @@ async def health(request: web.Request) -> web.Response:
         "pid": os.getpid(),  # with --workers N, which worker answered
         "logging": logging,
     }
+    if gw.metrics.group is not None:
+        details["workers"] = gw.metrics.group.describe()
     return _json(summary | details)
 
 

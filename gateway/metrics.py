@@ -1,14 +1,104 @@
-"""Prometheus metrics, one registry per app (no globals), with bounded label sets."""
+"""Prometheus metrics, one registry per app (no globals), with bounded label sets.
+
+With `--workers N` every worker keeps its metrics in files of the group's run folder (prometheus_client's
+multiprocess mode) and any worker's scrape renders the whole group from them: see `WorkerGroup`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200)
 TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 MAX_ANSWERED_MODELS = 100  # names beyond the configured ones that an upstream answered, kept as labels
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus_client's multiprocess mode keeps its files
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """The processes of `serve --workers N`, sharing a run folder: metric files and a pid file per worker.
+
+    The supervisor makes the folder before forking and removes it at exit. Each worker's counters and
+    histograms are files named by its pid; they stay when it dies, so a scrape of any worker adds up the
+    whole group, restarted workers included. Gauges of what is live (open streams, calls in flight) drop
+    with their worker.
+    """
+
+    folder: Path
+    supervisor: int
+    workers: int
+    slot: int = -1  # which worker this process is; -1 in the supervisor
+
+    @classmethod
+    def create(cls, workers: int) -> WorkerGroup:
+        """A fresh run folder, named in the environment the workers inherit."""
+        folder = Path(tempfile.mkdtemp(prefix="open-llm-proxy-"))
+        os.environ[MULTIPROC_ENV] = str(folder)  # prometheus_client names its files from it
+        return cls(folder, os.getpid(), workers)
+
+    def join(self, slot: int) -> WorkerGroup:
+        """Make a freshly forked worker a member: call it before the worker's app (and metrics) is built."""
+        # prometheus_client picks where a metric's values live when the metric is made, from this class.
+        values.ValueClass = values.MultiProcessValue()
+        path = self._pid_file(slot)
+        path.with_suffix(".tmp").write_text(str(os.getpid()))
+        path.with_suffix(".tmp").replace(path)  # a sibling reading it sees the old pid or the new, whole
+        return replace(self, slot=slot)
+
+    def bury(self, pid: int) -> None:
+        """A worker died: its live gauges go; its counts stay."""
+        with contextlib.suppress(OSError):  # the supervisor must outlive a folder removed under it
+            mark_process_dead(pid, str(self.folder))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def describe(self) -> dict[str, object]:
+        """The group as /health shows it: the supervisor, the workers configured and alive, this worker."""
+        alive = []
+        for slot in range(self.workers):
+            with contextlib.suppress(OSError, ValueError):  # a worker being replaced
+                pid = int(self._pid_file(slot).read_text())
+                os.kill(pid, 0)
+                alive.append(pid)
+        return {
+            "supervisor_pid": self.supervisor,
+            "configured": self.workers,
+            "alive": len(alive),
+            "pids": alive,
+            "slot": self.slot,
+        }
+
+    def _pid_file(self, slot: int) -> Path:
+        return self.folder / f"worker-{slot}.pid"
+
+
+@dataclass(frozen=True)
+class GroupFiles:
+    """A collector of the metric files of a group's run folder: every worker's, dead ones' counts included."""
+
+    folder: Path
+
+    def collect(self) -> Iterable[Metric]:
+        return MultiProcessCollector.merge(list(self._files()), accumulate=True)
+
+    def _files(self) -> Iterator[str]:
+        for path in self.folder.glob("*.db"):
+            # Skipped: a file a worker is creating this instant (still empty, so it holds nothing yet; reading
+            # it would fail the scrape), and a dead worker's live gauges, removed since the glob.
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size:
+                    yield str(path)
 
 
 class Metrics:
@@ -47,9 +137,15 @@ class Metrics:
             "gateway_upstream_retries", "Upstream attempts retried", ["provider"], registry=r
         )
         self.open_streams = Gauge(
-            "gateway_open_streams", "Streams being relayed now", ["provider", "model"], registry=r
+            "gateway_open_streams",
+            "Streams being relayed now",
+            ["provider", "model"],
+            registry=r,
+            multiprocess_mode="livesum",  # the multiprocess modes apply only in a worker group
         )
-        self.in_flight = Gauge("gateway_in_flight_requests", "Calls being handled now", registry=r)
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests", "Calls being handled now", registry=r, multiprocess_mode="livesum"
+        )
         self.log_records = Counter("gateway_log_records", "Log records built and written", registry=r)
         self.log_record_failures = Counter(
             "gateway_log_record_failures", "Records that could not be built", registry=r
@@ -61,7 +157,15 @@ class Metrics:
             "gateway_log_records_uploaded", "Records shipped to S3", registry=r
         )
         self.log_upload_failures = Counter("gateway_log_upload_failures", "Failed upload rounds", registry=r)
-        self.log_spool_bytes = Gauge("gateway_log_spool_bytes", "Bytes waiting in the spool", registry=r)
+        self.log_spool_bytes = Gauge(
+            # every worker measures the whole shared spool: the latest measure is the truth
+            "gateway_log_spool_bytes",
+            "Bytes waiting in the spool",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.group: WorkerGroup | None = None
+        self._shown = r  # what a scrape renders
         self._models: set[str] = set(served_models)
         self._answered = 0
         # Label children looked up once per label set: `labels()` takes a lock and builds a key every time.
@@ -114,5 +218,11 @@ class Metrics:
                 histogram = self._ttfb_children[provider, model] = self.ttfb.labels(provider, model)
             histogram.observe(ttfb)
 
+    def share(self, group: WorkerGroup) -> None:
+        """Render the whole group from its files (this process joined it before these metrics were made)."""
+        self.group = group
+        self._shown = CollectorRegistry()
+        self._shown.register(GroupFiles(group.folder))
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._shown)

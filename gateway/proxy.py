@@ -28,6 +28,7 @@ from gateway.errors import (
     UpstreamTooLarge,
     normalize_upstream_error,
 )
+from gateway.repair import ToolCallRepair
 from gateway.sse import DONE, EventSplitter, EventTooLarge, error_event, event_data
 from gateway.state import GATEWAY, REQUEST_ID, Gateway
 from gateway.upstream import RETRY_STATUSES
@@ -99,8 +100,10 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
         raise InvalidRequest("This deployment has no default provider for /llm.", code="no_default_provider")
     call.provider = provider.id
     _check_ready(provider)
+    call.tool_repair = _tool_repair(call, provider)
     gw.log_request(call)
     provider, upstream, strip_usage = await _send(gw, call, provider, body, raw)
+    call.tool_repair = _tool_repair(call, provider)  # a fallback's provider may say otherwise
     done = False
     try:
         if upstream.content_type == "text/event-stream" and upstream.status == 200:
@@ -218,7 +221,8 @@ async def _send(
                 if last:
                     raise
                 continue
-        attempt_body = {**body, "model": candidate} if len(candidates) > 1 else body
+        # A copy per attempt: the plugin edits it, and the client's body stays as the records show it.
+        attempt_body = {**body, "model": candidate} if len(candidates) > 1 else dict(body)
         request, strip_usage = _build(call, provider, attempt_body, raw if not i else b"", candidate)
         try:
             retry = call.endpoint is not Endpoint.RAW
@@ -245,6 +249,13 @@ def _check_ready(provider: Provider) -> None:
             f"{provider.settings.api_key_env} (or `api_key_env: null` for a provider that needs none).",
             code="provider_key_missing",
         )
+
+
+def _tool_repair(call: Call, provider: Provider) -> ToolCallRepair | None:
+    """Repair of tool calls leaked as text: for a chat request offering tools, to a model that has it on."""
+    if call.endpoint is not Endpoint.CHAT or not provider.repairs_tool_calls(call.model or ""):
+        return None
+    return ToolCallRepair.for_request(call.body)
 
 
 def _build(
@@ -288,6 +299,8 @@ async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse)
         call.error = _error_message(raw)
         headers["Content-Type"] = "application/json"
     else:
+        if call.tool_repair is not None:  # before scrubbing: a repaired body is written anew
+            raw = call.tool_repair.body(raw)
         raw = gw.scrubber.stream(raw)
         headers["Content-Type"] = upstream.headers.get("Content-Type", "application/json")
         if call.endpoint is not Endpoint.EMBEDDINGS:
@@ -303,6 +316,7 @@ async def _relay_stream(
     await response.prepare(request)
     call.status = 200
     splitter = EventSplitter(gw.config.upstream.max_event_bytes)
+    repair = call.tool_repair
     gauge = gw.metrics.stream_gauge(call.provider or "", call.model)
     gauge.inc()
     try:
@@ -310,13 +324,17 @@ async def _relay_stream(
             if call.first_byte is None:
                 call.first_byte = time.perf_counter()
             if events := _split(splitter, data, call):
-                await _forward(gw, response, call, events, strip_usage)
+                await _forward(gw, response, call, repair.feed(events) if repair else events, strip_usage)
         if tail := splitter.flush():
-            await _forward(gw, response, call, [tail], strip_usage)
+            await _forward(gw, response, call, repair.feed([tail]) if repair else [tail], strip_usage)
+        if repair is not None:
+            await _forward(gw, response, call, repair.finish(), strip_usage)
         await response.write_eof()
     except GatewayError as exc:
         upstream.close()  # an upstream cut off mid-answer is not left to go on sending
         call.error = exc.message
+        if repair is not None:  # text held back in case it was markup is the model's: it goes out first
+            await _forward(gw, response, call, repair.finish(), strip_usage)
         await response.write(error_event(exc.body()))
         await response.write_eof()
     except ConnectionResetError:

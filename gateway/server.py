@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from functools import partial
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 from gateway.config import ServerSettings
 from gateway.edge import EdgeRunner
-from gateway.state import GATEWAY
+from gateway.metrics import WorkerGroup
+from gateway.state import GATEWAY, Gateway
 
 log = logging.getLogger("gateway")
 AppFactory = Callable[[], web.Application]
+IN_FLIGHT_EVERY_S = 1.0  # how fresh a worker's in-flight count is in a sibling's scrape
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) -> web.AppRunner:
@@ -65,6 +71,19 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
     log.info("stopped")
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise OSError now when `host:port` cannot be listened on, rather than in every worker, forever."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            # As asyncio binds: a port the last run left in TIME_WAIT is free, and IPv6 does not claim IPv4.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
+
+
 def run(app_factory: AppFactory, host: str, port: int, workers: int) -> int:
     """Run `app_factory()` in this process, or in `workers` forked processes sharing the port."""
     if workers <= 1:
@@ -83,23 +102,27 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _supervise(app_factory: AppFactory, host: str, port: int, workers: int) -> int:
+    """Fork the workers and watch them; the run folder they share lives as long as this process."""
+    group = WorkerGroup.create(workers)
+    try:
+        return _watch(app_factory, host, port, group)
+    finally:
+        group.remove()
+
+
+def _watch(app_factory: AppFactory, host: str, port: int, group: WorkerGroup) -> int:
     """Fork the workers (each binds the port with SO_REUSEPORT), restart any that die, pass signals on."""
     children: dict[int, int] = {}
     stopping = False
 
     def spawn(slot: int) -> None:
+        # A stop arriving mid-fork waits until the child has its own handlers and the parent knows the child.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the worker's loop installs its own handlers
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 0
-            try:
-                _run_loop(serve_app(app_factory(), host, port, reuse_port=True))
-            except BaseException:
-                log.exception("worker %d failed", slot)
-                code = 1
-            os._exit(code)
+            _work(app_factory, host, port, group, slot)
         children[pid] = slot
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -109,19 +132,56 @@ def _supervise(app_factory: AppFactory, host: str, port: int, workers: int) -> i
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for slot in range(workers):
+    for slot in range(group.workers):
         spawn(slot)
     worst = 0
     while children:
         pid, status = os.wait()
         slot = children.pop(pid, -1)
+        group.bury(pid)
         code = os.waitstatus_to_exitcode(status)
         worst = max(worst, abs(code))
         if slot >= 0 and not stopping:
             log.error("worker %d (pid %d) exited with %d; restarting it", slot, pid, code)
             time.sleep(1)  # do not spin if it dies at once
-            spawn(slot)
+            if not stopping:  # told to stop during the pause: a worker started now would never be
+                spawn(slot)
     return 0 if stopping else worst
+
+
+def _work(app_factory: AppFactory, host: str, port: int, group: WorkerGroup, slot: int) -> NoReturn:
+    """A forked worker's life: join the group, serve until told to stop, exit."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the worker's loop installs its own handlers
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    code = 0
+    try:
+        member = group.join(slot)  # before the app exists: its metrics are made in the group's files
+        app = app_factory()
+        app[GATEWAY].metrics.share(member)
+        app.cleanup_ctx.append(partial(_publish_in_flight, app[GATEWAY]))
+        _run_loop(serve_app(app, host, port, reuse_port=True))
+    except BaseException:
+        log.exception("worker %d failed", slot)
+        code = 1
+    os._exit(code)
+
+
+async def _publish_in_flight(gw: Gateway, app: web.Application) -> AsyncIterator[None]:
+    """Keep this worker's in-flight gauge current in the group's files: a scrape may reach a sibling."""
+
+    async def publish() -> None:
+        while True:
+            gw.metrics.in_flight.set(gw.in_flight)
+            await asyncio.sleep(IN_FLIGHT_EVERY_S)
+
+    task = asyncio.create_task(publish())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def setup_logging() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,6 +62,7 @@ class Gateway:
 
     def finish(self, call: Call) -> None:
         """Close the books on a call: its request record if not yet written, its response record, metrics."""
+        call.ended = time.perf_counter()
         self.log_request(call)
         self.recorder.response(call)
         # Only a call an authenticated caller made and the upstream answered may name a new label.

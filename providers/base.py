@@ -47,6 +47,8 @@ class ProviderSettings:
     no_sampling_params: tuple[str, ...] = ()
     models_auth: str = "bearer"  # how /models discovery authenticates: bearer or x-api-key
     discover_models: bool = True
+    # Tool calls a model leaks into its text made real: every model (true), or those names and prefixes.
+    repair_tool_calls: bool | tuple[str, ...] = False
     options: Mapping[str, Any] = field(default_factory=dict)  # plugin-specific extras
 
     @property
@@ -110,6 +112,14 @@ class Provider:
         if endpoint is Endpoint.RAW and self.settings.endpoint:
             return self.settings.endpoint
         return self.base_url + endpoint.value
+
+    def repairs_tool_calls(self, model: str) -> bool:
+        """Whether tool calls `model` writes into its text as markup are turned into real `tool_calls`."""
+        setting = self.settings.repair_tool_calls
+        if isinstance(setting, bool):
+            return setting
+        listed = setting if isinstance(setting, list | tuple) else ()
+        return any(isinstance(m, str) and model.startswith(m) for m in listed)
 
     def apply_thinking(self, body: dict[str, Any], model: str, enabled: bool) -> None:
         """Translate the client's `enable_thinking` into this provider's switch."""

@@ -18,6 +18,7 @@ class NRPProvider(Provider):
         "models": ["kimi", "qwen3", "glm-4.7"],
         "model_prefixes": [],
         "thinking_models": {"kimi": "thinking", "qwen3": "enable_thinking", "glm-4.7": "enable_thinking"},
+        "repair_tool_calls": True,  # vLLM's tool parsers miss some calls, which then arrive as text
     }
 
     def __init__(self, settings: ProviderSettings, env: Mapping[str, str]) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import functools
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from importlib.metadata import entry_points
 from typing import Any
@@ -11,6 +16,7 @@ from providers.base import Provider, ProviderSettings, endpoint_problem
 
 GROUP = "open_llm_proxy.providers"
 GENERIC = "openai"
+ENDPOINT_ENV = "endpoint_env"  # a section key any plugin understands: the variable holding the endpoint
 
 
 @dataclass(frozen=True)
@@ -36,47 +42,138 @@ def discover() -> dict[str, Plugin]:
     return found
 
 
-_SETTING_FIELDS = {f.name for f in fields(ProviderSettings)} - {"name", "plugin", "options"}
-_LIST_FIELDS = ("models", "model_prefixes", "no_sampling_params")
-_MAP_FIELDS = ("extra_headers", "thinking_models")
+@functools.cache
+def _setting_types() -> dict[str, Any]:
+    """The type of each settings field a config section may give, read from `ProviderSettings` itself."""
+    hints = typing.get_type_hints(ProviderSettings)
+    return {
+        f.name: hints[f.name] for f in fields(ProviderSettings) if f.name not in ("name", "plugin", "options")
+    }
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A bad value as a problem line quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def unknown_setting(where: str, key: str, known: Iterable[str], what: str = "setting") -> str:
+    """The problem line for a key nothing reads, with the likely intended one."""
+    close = difflib.get_close_matches(str(key), list(known), n=1)  # YAML keys may be numbers
+    place = f"{where}.{key}" if where else key
+    return f"{place}: unknown {what}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _fits(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Whether `value` fits a settings field typed `hint`, and the value as that field holds it."""
+    origin = typing.get_origin(hint) or hint
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return next((fit for fit in (_fits(value, a) for a in args) if fit[0]), (False, None))
+    if hint is type(None):
+        return value is None, None
+    if origin is tuple:
+        ok = isinstance(value, list | tuple) and all(_is(v, args[0]) for v in value)
+        return ok, tuple(value) if ok else None
+    if origin in (Mapping, dict):
+        ok = isinstance(value, dict) and all(isinstance(k, str) and _is(v, args[1]) for k, v in value.items())
+        return ok, value
+    return _is(value, hint), value
+
+
+def _is(value: Any, hint: Any) -> bool:
+    """Whether `value` is of the plain type `hint`."""
+    if hint is bool or hint is str:
+        return isinstance(value, hint)
+    if hint is int or hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return True  # a type this check does not know passes as written
+
+
+def _expected(hint: Any) -> str:
+    """`hint` in a config author's words."""
+    origin = typing.get_origin(hint) or hint
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_plural(args[0])}"
+    if origin in (Mapping, dict):
+        return f"a mapping of names to {_plural(args[1])}"
+    names = {bool: "true or false", str: "a string", int: "a number", float: "a number", type(None): "null"}
+    return names.get(hint, str(hint))
+
+
+def _plural(hint: Any) -> str:
+    return {bool: "true/false values", str: "strings", int: "numbers", float: "numbers"}.get(hint, "values")
+
+
+def _key_variable(name: str, section: Mapping[str, Any], cls: type[Provider]) -> str:
+    """The variable an inline key should move to: the one the section or plugin names, else one made up."""
+    named = section.get("api_key_env") or cls.defaults.get("api_key_env")
+    return named if isinstance(named, str) else re.sub(r"\W", "_", name).upper() + "_API_KEY"
+
+
+def _key_problems(name: str, section: Mapping[str, Any], cls: type[Provider]) -> list[str]:
+    """Keys nothing reads (a typo such as `endpont`), and a provider key written into the file."""
+    where = f"providers.{name}"
+    known = {*_setting_types(), "plugin", ENDPOINT_ENV, *cls.defaults}
+    problems = [
+        unknown_setting(where, key, known) for key in section if key not in known and key != "api_key"
+    ]
+    if "api_key" in section:  # the value is a secret: it is never repeated
+        variable = _key_variable(name, section, cls)
+        problems.append(
+            f"{where}.api_key: keys never go in the config file; "
+            f"put it in an environment variable and name it: `api_key_env: {variable}`"
+        )
+    return problems
 
 
 def resolve_settings(
     name: str, section: Mapping[str, Any], cls: type[Provider], env: Mapping[str, str], problems: list[str]
 ) -> ProviderSettings:
-    """Lay a config section over the plugin's defaults, checking types; problems are appended."""
+    """Lay a config section over the plugin's defaults, checking keys and types; problems are appended."""
+    where = f"providers.{name}"
+    problems += _key_problems(name, section, cls)
     merged = {**cls.defaults, **section}
-    endpoint_env = merged.pop("endpoint_env", None)
+    if "models" in section and "model_prefixes" not in section:
+        # An earlier config's `models` are prefixes too, whatever the plugin's defaults say.
+        merged["model_prefixes"] = None
+    endpoint_env = merged.get(ENDPOINT_ENV)
+    if endpoint_env is not None and not isinstance(endpoint_env, str):
+        problems.append(f"{where}.{ENDPOINT_ENV}: expected a string or null, got {shown(endpoint_env)}")
+        endpoint_env = None
     if "endpoint" not in section and endpoint_env and env.get(endpoint_env):
         merged["endpoint"] = env[endpoint_env]
-    where = f"providers.{name}"
     values: dict[str, Any] = {}
-    for key, value in merged.items():
-        if key in _LIST_FIELDS:
-            strings = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-            ok = strings or (key == "model_prefixes" and value is None)  # null prefixes: old behaviour
-            values[key] = tuple(value) if ok and value is not None else None
-        elif key in _MAP_FIELDS:
-            ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-            values[key] = value if ok else {}
-        elif key in ("endpoint", "api_key_env", "models_auth"):
-            ok = value is None or isinstance(value, str)
-            values[key] = value if ok else None
-        elif key == "discover_models":
-            ok = isinstance(value, bool)
-            values[key] = value if ok else True
-        else:
-            ok = True  # plugin-specific or legacy keys ride along in options
-        if not ok:
-            problems.append(f"{where}.{key}: wrong type ({type(value).__name__})")
+    for key, hint in _setting_types().items():
+        if key in merged:
+            ok, value = _fits(merged[key], hint)
+            values[key] = value if ok else None  # a wrong value is said, and left to the field's default
+            if not ok:
+                problems.append(f"{where}.{key}: expected {_expected(hint)}, got {shown(merged[key])}")
+    problems += _value_problems(where, values, endpoint_given=bool(merged.get("endpoint") or endpoint_env))
+    known = {k: v for k, v in values.items() if v is not None}
+    options = {k: v for k, v in merged.items() if k not in values and k not in ("plugin", "api_key")}
+    return ProviderSettings(name=name, plugin=cls.name, options=options, **{"endpoint": None, **known})
+
+
+def _value_problems(where: str, values: Mapping[str, Any], *, endpoint_given: bool) -> list[str]:
+    """Values of the right type that still cannot be served."""
     endpoint = values.get("endpoint")
+    problems = []
     if endpoint and (why := endpoint_problem(endpoint)):
         problems.append(f"{where}: {why}")
+    elif not endpoint_given:  # an endpoint variable named instead makes it a warning, while it is unset
+        problems.append(
+            f"{where}: no endpoint; give its URL, e.g. `endpoint: https://host/v1/chat/completions`"
+        )
     if values.get("models_auth") not in (None, "bearer", "x-api-key"):
-        problems.append(f"{where}.models_auth: must be bearer or x-api-key")
-    known = {k: v for k, v in values.items() if k in _SETTING_FIELDS and v is not None}
-    options = {k: v for k, v in merged.items() if k not in _SETTING_FIELDS and k != "plugin"}
-    return ProviderSettings(name=name, plugin=cls.name, options=options, **{"endpoint": None, **known})
+        problems.append(
+            f"{where}.models_auth: must be bearer or x-api-key, not {shown(values['models_auth'])}"
+        )
+    return problems
 
 
 def build_providers(
@@ -100,3 +197,21 @@ def build_providers(
         settings = resolve_settings(name, section, plugin.cls, env, problems)
         providers[name] = plugin.cls(settings, env)
     return providers, problems
+
+
+def readiness_warnings(providers: Mapping[str, Provider]) -> list[str]:
+    """What leaves a valid provider unready: an endpoint or key still to come from the environment."""
+    warnings = []
+    for name, provider in providers.items():
+        settings = provider.settings
+        if not settings.endpoint:
+            variable = settings.options.get(ENDPOINT_ENV)
+            warnings.append(
+                f"providers.{name}: no endpoint: {variable} is not set; calls routed here answer 503"
+            )
+        if settings.api_key_env and not provider.api_key:
+            warnings.append(
+                f"providers.{name}: {settings.api_key_env} is not set; calls routed here answer 503 "
+                "(`api_key_env: null` if it needs no key)"
+            )
+    return warnings

@@ -47,11 +47,20 @@ def read_folder(root: Path) -> Raw:
             except ValueError:
                 raw.bad += 1
                 continue
-            if isinstance(record, dict) and record.get("type") is not None:
+            if is_record(record):
                 raw.records.append(record)
             else:
                 raw.bad += 1
     return raw
+
+
+def is_record(value: Any) -> bool:
+    """A line is a record when it is an object of a known type that names its call or its prompt."""
+    return (
+        isinstance(value, dict)
+        and value.get("type") in ("request", "response", "system_prompt")
+        and (value.get("request_id") is not None or value.get("sha256") is not None)
+    )
 
 
 def moment(text: str | None) -> datetime | None:

@@ -219,6 +219,7 @@ async def test_config_overrides_each_plugin_default(
 ) -> None:
     endpoint = f"{fake_upstream.url}/v1/chat/completions"
     raw_config = {
+        "default_provider": None,  # the 404 below: without the key, unknown models would go to nrp
         "providers": {
             "nrp": {
                 "endpoint": endpoint,

@@ -71,6 +71,7 @@ def a_call(body: dict[str, Any] = TOOLS_BODY, **kw: Any) -> Call:
 def record_both(recorder: LogRecorder, call: Call) -> str:
     recorder.request(call)
     recorder.response(call)
+    recorder.flush()  # in a loop, records wait for its next turn; these tests look at once
     return call.request_id
 
 

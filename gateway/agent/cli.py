@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gateway.agent.errors import ExitCode, exit_codes_table
 from gateway.agent.runner import run
-from gateway.agent.settings import RunSettings
+from gateway.agent.settings import RunSettings, openai_base_url
 
 DEFAULT_PROXY_URL = "http://127.0.0.1:8080"
 DESCRIPTION = (
@@ -40,8 +40,11 @@ def _add_endpoint_options(parser: argparse.ArgumentParser, env: Mapping[str, str
     add("--model", default=env.get("AGENT_MODEL"), help="model id to ask (env AGENT_MODEL)")
     add(
         "--proxy-url",
+        type=_proxy_url,
         default=env.get("AGENT_PROXY_URL", DEFAULT_PROXY_URL),
-        help=f"the gateway's base URL, without /v1 (env AGENT_PROXY_URL; default {DEFAULT_PROXY_URL})",
+        help="the gateway's URL, as an OpenAI SDK's base_url or without /v1, under any path prefix: "
+        f"https://host/v1, https://host, https://host/llm-proxy/v1 (env AGENT_PROXY_URL; "
+        f"default {DEFAULT_PROXY_URL})",
     )
     add("--api-key", default=env.get("OPENAI_API_KEY"), help="the gateway's key (env OPENAI_API_KEY)")
     add(
@@ -120,6 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(asyncio.run(run(settings)))
     except KeyboardInterrupt:
         return int(ExitCode.INTERRUPTED)
+
+
+def _proxy_url(text: str) -> str:
+    try:
+        openai_base_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text.strip()
 
 
 def _positive_int(text: str) -> int:

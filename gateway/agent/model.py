@@ -98,7 +98,7 @@ class ModelClient:
             )
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc
-            return ModelCallFailed(f"cannot reach the gateway at {self._settings.proxy_url}: {cause}")
+            return ModelCallFailed(f"cannot reach the gateway at {self._settings.base_url}: {cause}")
         if isinstance(exc, openai.APIStatusError):
             return status_error(
                 exc.status_code, error_message(exc), exc.response.headers.get(REQUEST_ID_HEADER)

@@ -53,9 +53,9 @@ class Reporter:
         """Record the run's setup."""
         s = self._settings
         self._transcript.write(
-            "start", session_id=s.session_id, model=s.model, proxy_url=s.proxy_url, origin=s.origin,
-            mcp_url=s.mcp_url, tools=tool_names, system_prompt=system_prompt, question=s.question,
-            stream=s.stream, max_turns=s.max_turns,
+            "start", session_id=s.session_id, model=s.model, proxy_url=s.proxy_url, base_url=s.base_url,
+            origin=s.origin, mcp_url=s.mcp_url, tools=tool_names, system_prompt=system_prompt,
+            question=s.question, stream=s.stream, max_turns=s.max_turns,
         )  # fmt: skip
         self._progress(
             f"session {s.session_id}; {len(tool_names)} tool(s): {', '.join(tool_names) or 'none'}"

@@ -3,7 +3,8 @@
 DuckDB spends a millisecond or more per file it opens, and a busy gateway writes thousands of small
 chunks a day; one batch file of tens of megabytes reads in the time of a handful of chunks. Counting
 non-blank lines here, where the bytes pass anyway, is what lets malformed lines be counted at all:
-malformed = lines - records DuckDB recognised.
+skipped = lines - records DuckDB recognised. A file that is not plain JSONL (a `kubectl logs` snapshot)
+is sifted down to its records first (`loglines`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+
+from gateway.analyze.loglines import is_plain_jsonl, payload, records_only
 
 BATCH_BYTES = 64 * 1024 * 1024
 
@@ -32,7 +35,7 @@ class ReadStats:
 
     @property
     def skipped_lines(self) -> int:
-        """Lines that were not records: malformed JSON, partially written, or of no known type."""
+        """Lines that were not records: log lines, malformed or cut-off JSON, or of no known type."""
         return max(0, self.lines - self.records)
 
 
@@ -51,7 +54,7 @@ def ends_partially(data: bytes) -> bool:
     if not last.strip():
         return False
     try:
-        orjson.loads(last)
+        orjson.loads(payload(last))
     except orjson.JSONDecodeError:
         return True
     return False
@@ -74,12 +77,18 @@ class Batcher:
         """Take one chunk's bytes."""
         self.stats.objects += 1
         self.stats.bytes += len(data)
-        self.stats.lines += count_lines(data)
+        lines = count_lines(data)
+        self.stats.lines += lines
         if ends_partially(data):
             self.stats.partial_chunks.append(name)
             # Dropped here, not left to DuckDB: after a value cut off mid-object its JSON reader goes on
             # into the next line, and would lose the next chunk's first record along with this one.
             data = data[: data.rfind(b"\n") + 1]
+            lines -= 1
+        if not is_plain_jsonl(data, lines):
+            # `kubectl logs` output, or a line cut short mid-file: only the records go on, so that
+            # `lines - records` still counts exactly the lines skipped.
+            data = records_only(data)
         if self._file is None:
             # Closed by flush(); a `with` block cannot span the many add() calls that fill one batch.
             self._file = tempfile.NamedTemporaryFile(dir=self.folder, suffix=".jsonl", delete=False)  # noqa: SIM115

@@ -24,8 +24,9 @@ from gateway.prices import PriceTable, PriceTableError, find_price_file, load_pr
 EPILOG = """
 SOURCE is a chunk file, a folder (date folders outside --since/--until are skipped), a glob, or
 s3://bucket/prefix (endpoint from AWS_S3_ENDPOINT_URL, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL;
-credentials the standard AWS way). --origin, --model and --key-name take globs and may repeat;
-`none` matches calls where the field is unset.
+credentials the standard AWS way). A file of `kubectl logs` output (with or without --prefix and
+--timestamps) is read too: the records are picked out, and the other lines counted as skipped.
+--origin, --model and --key-name take globs and may repeat; `none` matches calls where the field is unset.
 """
 
 

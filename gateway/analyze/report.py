@@ -67,8 +67,8 @@ def read_warnings(read: ReadStats) -> list[str]:
     warnings = []
     if read.skipped_lines:
         warnings.append(
-            f"skipped {read.skipped_lines} line(s) that are not records (malformed JSON, "
-            "partially written, or of no known type)"
+            f"skipped {read.skipped_lines} line(s) that are not records (log lines, tracebacks, "
+            "malformed or cut-off JSON, or of no known type)"
         )
     if read.partial_chunks:
         shown = ", ".join(read.partial_chunks[:3]) + (" ..." if len(read.partial_chunks) > 3 else "")

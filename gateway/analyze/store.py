@@ -2,7 +2,8 @@
 
 Every field is read with an explicit type, so a field missing from older files, or of the wrong type in
 one record, becomes NULL instead of failing the query; lines that are not JSON come out as all-NULL
-rows (or not at all, depending on the DuckDB version) and are dropped by `type IS NOT NULL`.
+rows (or not at all, depending on the DuckDB version) and are dropped, with any other line that is not a
+record, by `loglines.RECORD_SQL`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+
+from gateway.analyze.loglines import RECORD_SQL
 
 USAGE = (
     "STRUCT(prompt_tokens BIGINT, completion_tokens BIGINT, total_tokens BIGINT, cost DOUBLE, "
@@ -22,6 +25,7 @@ REPORT_FIELDS = {
     "timestamp": "VARCHAR",
     "type": "VARCHAR",
     "request_id": "VARCHAR",
+    "sha256": "VARCHAR",  # read only to tell records from other lines (`RECORD_SQL`)
     "session_id": "VARCHAR",
     "key_name": "VARCHAR",
     "provider": "VARCHAR",
@@ -105,7 +109,7 @@ class RecordTable:
         params: dict[str, object] | None = None,
     ) -> None:
         self.con, self.name = con, name
-        self.select = f"SELECT {projection} FROM {json_source(fields)} WHERE type IS NOT NULL AND ({where})"
+        self.select = f"SELECT {projection} FROM {json_source(fields)} WHERE {RECORD_SQL} AND ({where})"
         self.params = params or {}
         self.created = False
 

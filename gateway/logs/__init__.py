@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import LoggingSettings
+from gateway.logs.prompts import MARKERS, PromptLedger
 from gateway.logs.recorder import LogRecorder
 from gateway.logs.records import RecordBuilder
 from gateway.logs.spool import Spool, describe_error
@@ -92,5 +93,6 @@ async def open_recorder(
                 spool.root,
             )
     prices = load_prices(Path(settings.prices) if settings.prices else SHIPPED_PATH)
-    builder = RecordBuilder(settings, prices)
+    # The workers share the spool folder, so they share the markers of the prompts already written.
+    builder = RecordBuilder(settings, prices, PromptLedger(spool.root / MARKERS))
     return LogRecorder(builder, spool, scrubber, metrics, uploader=uploader, stdout=settings.stdout)

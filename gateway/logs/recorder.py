@@ -1,9 +1,12 @@
-"""The log recorder: every record at once to stdout and the spool; closed chunks shipped in the background.
+"""The log recorder: records to stdout and the spool in batches; closed chunks shipped in the background.
 
-The request path only builds a record and appends it to a file: it never waits on S3 and never fails
-because of logging. A field that cannot be built or written as JSON is mended or dropped and named in the
-record's `record_errors`; a spool that cannot be written sends records to stdout only, is reported, and is
-tried again a second later. The background task outlives its own errors, and `close()` runs every step.
+The request path only hands a finished (or starting) call over: its records are built, scrubbed and written
+on the next turn of the event loop, together with every other call's of that turn, in one write to stdout
+and one to the spool. So nothing about a record happens between a client's request and the upstream
+request, and a record is on disk within one loop turn of its call ending. It never waits on S3 and never
+fails because of logging. A field that cannot be built or written as JSON is mended or dropped and named
+in the record's `record_errors`; a spool that cannot be written sends records to stdout only, is reported,
+and is tried again a second later. The background task outlives its own errors, and `close()` runs every step.
 """
 
 from __future__ import annotations
@@ -62,33 +65,65 @@ class LogRecorder:
         self.task_error: str | None = None  # the background task's last failure, until a round runs clean
         self._spool_down = False
         self._last_warning = 0.0
+        self._pending: list[tuple[Call, str]] = []
+        self._flush_scheduled = False
 
     def request(self, call: Call) -> None:
-        """Write the call's request record (and any new system prompt); never raises."""
-        for line in self._lines(call, "request"):
-            self._write(line)
+        """Queue the call's request record (and any new system prompt); never raises."""
+        self._queue(call, "request")
 
     def response(self, call: Call) -> None:
-        """Write the call's response record; never raises."""
-        for line in self._lines(call, "response"):
-            self._write(line)
+        """Queue the call's response record; never raises."""
+        self._queue(call, "response")
+
+    def _queue(self, call: Call, kind: str) -> None:
+        self._pending.append((call, kind))
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script, a test): write at once
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Build, scrub and write every queued record: one write to stdout and one to the spool."""
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        lines = [line for call, kind in pending for line in self._lines(call, kind)]
+        try:
+            batch = self.scrubber.line(b"".join(lines))
+        except Exception as exc:  # a scrubber bug must not cost the records: scrub them one by one
+            log.error("could not scrub a batch of records: %s", type(exc).__name__)
+            batch = b"".join(self._scrub_one(line) for line in lines)
+        self._write(batch, len(lines))
 
     def _lines(self, call: Call, kind: str) -> list[bytes]:
         try:
             records = (
                 self.builder.request(call)
                 if kind == "request"
-                else [self.builder.response(call, time.time())]
+                else [self.builder.response(call, call.wall_end)]
             )
         except Exception as exc:  # a bug in the builder: the call still gets a record
             records = [self._failed_record(call, kind, exc)]
         lines = []
         for record in records:
             try:
-                lines.append(self.scrubber.line(dumps(record)) + b"\n")
+                lines.append(dumps(record) + b"\n")
             except Exception as exc:
-                lines.append(self.scrubber.line(dumps(self._failed_record(call, kind, exc))) + b"\n")
+                lines.append(dumps(self._failed_record(call, kind, exc)) + b"\n")
         return lines
+
+    def _scrub_one(self, line: bytes) -> bytes:
+        try:
+            return self.scrubber.line(line)
+        except Exception:
+            return b""  # unscrubbable: dropped rather than written with a secret in it
 
     def _failed_record(self, call: Call, kind: str, exc: Exception) -> dict[str, Any]:
         self.failed += 1
@@ -97,22 +132,22 @@ class LogRecorder:
         error = f"record could not be built: {type(exc).__name__}"
         return {**head(call, kind, time.time(), call.model), "status": call.status, "error": error}
 
-    def _write(self, line: bytes) -> None:
-        self.written += 1
-        self.metrics.log_records.inc()
+    def _write(self, batch: bytes, count: int) -> None:
+        self.written += count
+        self.metrics.log_records.inc(count)
         if self.stdout:
             try:
-                os.write(1, line)
+                _write_all(1, batch)
             except OSError:
                 self.stdout = False
                 log.error("stdout is gone; records continue to the spool only")
-        if not self._spool(line):
-            self.metrics.log_records_not_spooled.inc()
+        if not self._spool(batch, count):
+            self.metrics.log_records_not_spooled.inc(count)
             self._warn_not_spooled()
 
-    def _spool(self, line: bytes) -> bool:
+    def _spool(self, batch: bytes, count: int) -> bool:
         try:
-            spooled = self.spool.write(line, time.time())
+            spooled = self.spool.write(batch, time.time(), count)
         except Exception:  # the disk failed (or a bug): the spool keeps the error and rests a second
             self.metrics.log_spool_errors.inc()
             self._spool_down = True
@@ -196,6 +231,7 @@ class LogRecorder:
 
     async def close(self, timeout_s: float) -> None:
         """Close the current chunk and upload everything left, within `timeout_s`; every step runs."""
+        self._step("last records", self.flush)
         self._step("last rotation", self.spool.close_current)
         if self.uploader is None:
             return
@@ -293,3 +329,10 @@ def _valid_text(text: str) -> str:
             raw = text.encode("utf-8", "surrogatepass")
         return raw.decode("utf-8", "replace")
     return text
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` (a pipe may take a large batch in several writes)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

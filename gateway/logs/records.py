@@ -19,6 +19,7 @@ import orjson
 
 from gateway.calls import Call
 from gateway.config import LoggingSettings
+from gateway.logs.prompts import PromptLedger
 from gateway.prices import PriceTable
 
 NAME_CHARS = 256  # model, session_id, client, requested_model, tool names and ids, finish_reason, upstream_id
@@ -97,11 +98,11 @@ def _try(errors: list[str], name: str, build: Callable[[], T], default: Any) -> 
 
 @dataclass
 class RecordBuilder:
-    """Turns calls into records under one capture setting; remembers which system prompts it stored."""
+    """Turns calls into records under one capture setting; its ledger says which system prompts to store."""
 
     settings: LoggingSettings
     prices: PriceTable = field(default_factory=PriceTable)
-    _seen_prompts: set[str] = field(default_factory=set)
+    prompt_ledger: PromptLedger = field(default_factory=PromptLedger)
 
     @property
     def full(self) -> bool:
@@ -118,6 +119,7 @@ class RecordBuilder:
             "client": clip(call.client, _name_cap(call)),
             "message_count": len(messages),
             "tools_count": len(tools) if isinstance(tools, list) else 0,
+            "tool_calls_repaired": call.tool_repair is not None,  # whether the answer will be checked
             "enable_thinking": thinking if isinstance(thinking, bool) else None,
             "user_question": None,
             "user_message_this_turn": None,
@@ -196,12 +198,11 @@ class RecordBuilder:
     def _prompt_ref(
         self, message: dict[str, Any], ts: float, prompts: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        """`{role, content_sha256}` for a system prompt; a prompt not seen before is added to `prompts`."""
+        """`{role, content_sha256}` for a system prompt; a prompt the ledger hands us goes into `prompts`."""
         text = text_of(message.get("content"))
         # surrogatepass: a lone surrogate from the client still hashes, always to the same digest
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-        if digest not in self._seen_prompts:
-            self._seen_prompts.add(digest)
+        if self.prompt_ledger.claim(digest, ts):
             prompts.append({"timestamp": iso(ts), "type": "system_prompt", "sha256": digest, "content": text})
         return {"role": message["role"], "content_sha256": digest}
 
@@ -219,6 +220,7 @@ class RecordBuilder:
                 errors, "upstream_headers", lambda: _capped_headers(call.upstream_headers), None
             ),
             "client_disconnected": call.client_disconnected,
+            "tool_calls_repaired": _try(errors, "tool_calls_repaired", lambda: _repaired(call), None),
         }
         if call.requested_model and call.requested_model != call.model:
             record["requested_model"] = clip(call.requested_model, _name_cap(call))
@@ -301,6 +303,12 @@ def _capped_headers(headers: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     kept = list(headers.items())[:MAX_HEADERS]
     return {str(clip(name, HEADER_CHARS)): clip(value, HEADER_CHARS) for name, value in kept}
+
+
+def _repaired(call: Call) -> dict[str, Any] | None:
+    """What the repair of tool calls leaked as text did, or None when the call had none."""
+    repair = call.tool_repair
+    return None if repair is None else repair.report()
 
 
 def _count(value: Any) -> int:

@@ -93,22 +93,22 @@ class Spool:
         # The one seam for faults no unprivileged test can make a real disk produce (EIO).
         self.write_fd: Callable[[int, memoryview], int] = os.write
 
-    def write(self, line: bytes, ts: float) -> bool:
-        """Append one line; False when the spool is full or resting after a failure; a failure raises."""
+    def write(self, line: bytes, ts: float, count: int = 1) -> bool:
+        """Append `count` whole lines; False when full or resting after a failure; a failure raises."""
         if self.pending_bytes + len(line) > self.max_bytes:
             self.full = True
-            self.not_spooled += 1
+            self.not_spooled += count
             return False
         self.full = False
         if self.error is not None and time.monotonic() < self._retry_at:
-            self.not_spooled += 1
+            self.not_spooled += count
             return False
         try:
             self._append(line, ts)
         except Exception as exc:
             self.error, self._retry_at = describe_error(exc), time.monotonic() + RETRY_S
             self.errors += 1
-            self.not_spooled += 1
+            self.not_spooled += count
             raise
         self.error = None
         self.pending_bytes += len(line)

@@ -1,0 +1,192 @@
+"""`serve --workers 2` as one gateway: /metrics adds up the group, restarts included; /health describes it; a
+system prompt is recorded once across the workers. Real subprocesses over loopback; calls are spread over the
+workers by fresh connections (the kernel shares a SO_REUSEPORT port out by connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from conftest import FAST_UPSTREAM, PROVIDER_KEY, CliGateway, StartCli, provider_section, until
+from fake_upstream import FakeUpstream
+from prometheus_client.parser import text_string_to_metric_families
+
+KEY = {"Authorization": "Bearer k"}
+SYSTEM = {"role": "system", "content": "You are the group's one prompt."}
+OK = {"provider": "fake", "model": "fake-model", "status": "200"}
+SLOW_STREAM = {"stream": True, "fake": {"chunks": 40, "chunk_delay": 0.25}}  # ten seconds of answer
+
+
+async def start_group(start_cli: StartCli, fake_url: str, tmp_path: Path) -> CliGateway:
+    """Two workers in full capture; the run folder the supervisor makes goes under tmp_path/run."""
+    (tmp_path / "run").mkdir()
+    config = {
+        "default_provider": "fake",
+        "providers": {"fake": provider_section(fake_url)},
+        "upstream": FAST_UPSTREAM,
+        "logging": {"capture": "full"},
+    }
+    env = {"PROXY_KEY": "k", "FAKE_KEY": PROVIDER_KEY, "TMPDIR": str(tmp_path / "run")}
+    return await start_cli(config, args=["--workers", "2"], env=env)
+
+
+@pytest.fixture
+async def fresh() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client opening a new connection for every request, so that both workers get some."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=20)) as session:
+        yield session
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> bytes:
+    """GET with the key, tried again while a worker is being replaced (its connections are reset)."""
+    for _ in range(50):
+        try:
+            async with session.get(url, headers=KEY) as response:
+                assert response.status == 200
+                return await response.read()
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.05)
+    pytest.fail(f"{url} did not answer")
+
+
+async def health(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    return orjson.loads(await get(session, url + "/health"))  # type: ignore[no-any-return]
+
+
+async def samples(session: aiohttp.ClientSession, url: str) -> dict[tuple[str, frozenset[Any]], float]:
+    """One scrape of /metrics: `(sample name, labels) -> value`."""
+    text = (await get(session, url + "/metrics")).decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(scrape: dict[tuple[str, frozenset[Any]], float], name: str, **labels: str) -> float:
+    return scrape.get((name, frozenset(labels.items())), 0.0)
+
+
+async def chat(session: aiohttp.ClientSession, url: str, **extra: Any) -> str:
+    """One call with the shared system prompt; its request id."""
+    body = {"model": "fake-model", "messages": [SYSTEM, {"role": "user", "content": "Hi"}], **extra}
+    async with session.post(url + "/v1/chat/completions", json=body, headers=KEY) as response:
+        assert response.status == 200
+        await response.read()
+        return response.headers["X-Request-Id"]
+
+
+def spooled(spool: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Every record in the spool with the pid of the worker that wrote it (chunks are named by pid)."""
+    found = []
+    for path in spool.glob("*/*.jsonl*"):
+        pid = int(path.name.split("-")[-2])
+        found += [(pid, orjson.loads(line)) for line in path.read_bytes().splitlines()]
+    return found
+
+
+def responders(spool: Path) -> Counter[int]:
+    return Counter(pid for pid, record in spooled(spool) if record["type"] == "response")
+
+
+async def test_metrics_add_up_the_group_across_a_restart_and_a_prompt_is_recorded_once(
+    start_cli: StartCli, fake_upstream: FakeUpstream, fresh: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    gateway = await start_group(start_cli, fake_upstream.url, tmp_path)
+    spool = tmp_path / "spool"
+    for _ in range(20):
+        await chat(fresh, gateway.url)
+    await until(lambda: responders(spool).total() == 20, what="20 response records")
+    served = responders(spool)
+    assert len(served) == 2, f"one worker served every call: {served}"  # 2**-19 odds: the kernel is not fair
+    prompts = [r for _, r in spooled(spool) if r["type"] == "system_prompt"]
+    assert len(prompts) == 1 and prompts[0]["content"] == SYSTEM["content"]  # both workers saw it
+
+    for _ in range(6):  # whichever worker answers
+        scrape = await samples(fresh, gateway.url)
+        assert value(scrape, "gateway_requests_total", **OK) == 20
+        assert (
+            value(scrape, "gateway_request_duration_seconds_count", provider="fake", model="fake-model") == 20
+        )
+        assert value(scrape, "gateway_log_records_total") == 41  # 20 calls' two records, and one prompt
+
+    group = (await health(fresh, gateway.url))["workers"]
+    assert group["supervisor_pid"] == gateway.proc.pid and group["configured"] == group["alive"] == 2
+    assert sorted(group["pids"]) == sorted(served)
+    victim, survivor = group["pids"]
+    os.kill(victim, signal.SIGKILL)
+    # Until a replacement is up (a second at least) the survivor answers alone, counting the dead one's calls.
+    group = await group_until(fresh, gateway.url, lambda g: victim not in g["pids"])
+    assert group["pids"] == [survivor] and group["alive"] == 1 and group["configured"] == 2
+    assert value(await samples(fresh, gateway.url), "gateway_requests_total", **OK) == 20
+
+    group = await group_until(fresh, gateway.url, lambda g: g["alive"] == 2)
+    assert survivor in group["pids"] and victim not in group["pids"]
+    for _ in range(10):
+        await chat(fresh, gateway.url)
+    for _ in range(6):
+        assert value(await samples(fresh, gateway.url), "gateway_requests_total", **OK) == 30
+    assert [r["type"] for _, r in spooled(spool)].count("system_prompt") == 1  # the restart wrote it no more
+    [run] = (tmp_path / "run").iterdir()
+    assert {"worker-0.pid", "worker-1.pid", f"counter_{victim}.db"} <= {p.name for p in run.iterdir()}
+    assert await gateway.stop() == 0
+    assert not run.exists()  # the supervisor removes the run folder as it exits
+
+
+async def group_until(
+    session: aiohttp.ClientSession, url: str, holds: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The group as /health describes it, once `holds` it (a killed worker takes a moment to be reaped)."""
+    group: dict[str, Any] = {}
+    for _ in range(200):
+        group = (await health(session, url))["workers"]
+        if holds(group):
+            return group
+        await asyncio.sleep(0.02)
+    pytest.fail(f"the group stayed {group}")
+
+
+async def test_live_gauges_sum_over_the_workers_and_drop_with_a_dead_one(
+    start_cli: StartCli, fake_upstream: FakeUpstream, fresh: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    gateway = await start_group(start_cli, fake_upstream.url, tmp_path)
+    streams = [asyncio.create_task(chat(fresh, gateway.url, **SLOW_STREAM)) for _ in range(6)]
+    spool = tmp_path / "spool"
+    await until(lambda: len(fake_upstream.requests) == 6, within=10, what="six streams upstream")
+    await until(lambda: sum(r["type"] == "request" for _, r in spooled(spool)) == 6, what="their records")
+    holders = Counter(pid for pid, r in spooled(spool) if r["type"] == "request")
+    scrape = await scrape_until(fresh, gateway.url, "gateway_in_flight_requests", 6)
+    assert value(scrape, "gateway_open_streams", provider="fake", model="fake-model") == 6
+
+    print("HOLDERS", holders)
+    victim, _ = holders.most_common(1)[0]  # a worker holding streams
+    os.kill(victim, signal.SIGKILL)
+    left = 6 - holders[victim]
+    scrape = await scrape_until(fresh, gateway.url, "gateway_in_flight_requests", left)
+    assert value(scrape, "gateway_open_streams", provider="fake", model="fake-model") == left
+    results = await asyncio.gather(*streams, return_exceptions=True)
+    assert sum(isinstance(r, str) for r in results) == left  # the survivor's streams ended whole
+    assert await gateway.stop() == 0
+
+
+async def scrape_until(
+    session: aiohttp.ClientSession, url: str, gauge: str, expected: float
+) -> dict[tuple[str, frozenset[Any]], float]:
+    """A scrape where `gauge` reads `expected` (workers publish calls in flight every second)."""
+    scrape: dict[tuple[str, frozenset[Any]], float] = {}
+    for _ in range(100):
+        scrape = await samples(session, url)
+        if value(scrape, gauge) == expected:
+            return scrape
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{gauge} stayed at {value(scrape, gauge)}, not {expected}")
