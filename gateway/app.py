@@ -12,6 +12,7 @@ from gateway import info
 from gateway.auth import KeyRing, named_keys
 from gateway.config import Config, validate
 from gateway.cors import Cors
+from gateway.limits import web as limits
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, errors
 from gateway.proxy import route
@@ -44,6 +45,9 @@ def create_app(
     app[info.CATALOG] = info.ModelCatalog(config.upstream.models_cache_s)
     app.on_response_prepare.extend([add_request_id, cors.on_prepare])
     app.cleanup_ctx.append(_http_session)
+    if config.limits.enabled:
+        app.on_response_prepare.append(limits.add_rate_headers)
+        app.cleanup_ctx.append(limits.limits_context(env))
     if recorder is not None:
         gw.recorder = recorder
     else:
@@ -55,8 +59,13 @@ def create_app(
     app.router.add_post("/chat", route(Endpoint.CHAT))
     app.router.add_post("/v1/completions", route(Endpoint.COMPLETIONS))
     app.router.add_post("/v1/embeddings", route(Endpoint.EMBEDDINGS))
+    app.router.add_post("/v1/responses", route(Endpoint.RESPONSES))
+    app.router.add_post("/v1/messages", route(Endpoint.MESSAGES))
+    app.router.add_post("/v1/messages/count_tokens", route(Endpoint.COUNT_TOKENS))
     app.router.add_post("/llm", route(Endpoint.RAW))
     app.router.add_get("/v1/models", info.models)
+    app.router.add_get("/v1/usage", limits.usage)
+    app.router.add_get("/v1/usage/keys", limits.usage_of_every_key)
     app.router.add_get("/health", info.health)
     app.router.add_get("/livez", info.livez)
     app.router.add_get("/readyz", info.readyz)

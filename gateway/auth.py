@@ -52,13 +52,34 @@ class KeyRing:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationFailed("Malformed Authorization header: expected `Bearer <proxy key>`.")
-        candidate = _digest(token.strip())
+        found = self._find(token.strip())
+        if found is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return found
+
+    def authenticate_either(self, header: str | None, api_key: str | None) -> str | None:
+        """As `authenticate`, the key also accepted as `x-api-key`, where Anthropic's clients send it."""
+        if self.open:
+            return None
+        if api_key and api_key.strip():
+            found = self._find(api_key.strip())
+            if found is not None:
+                return found
+            if not header:
+                raise AuthenticationFailed("Incorrect API key provided.")
+        elif not header:
+            raise AuthenticationFailed(
+                "Missing API key: send `x-api-key: <proxy key>` or `Authorization: Bearer <proxy key>`."
+            )
+        return self.authenticate(header)
+
+    def _find(self, token: str) -> str | None:
+        """The name of the key `token` is, or None."""
+        candidate = _digest(token)
         found = None
         for digest, name in self.digests:  # no early exit: every key is compared every time
             if hmac.compare_digest(candidate, digest) and found is None:
                 found = name
-        if found is None:
-            raise AuthenticationFailed("Incorrect API key provided.")
         return found
 
 

@@ -2,18 +2,22 @@
 
 `Call` is filled in as the request moves through the handler; `Answer` rebuilds the model's answer from a
 JSON body or from stream chunks (content, reasoning, tool calls from their deltas, finish reason, usage).
+Chat completions are folded by `Answer` itself; another dialect hands it a `Fold` (see `gateway.dialects`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from gateway.repair import ToolCallRepair
 from providers.base import Endpoint
+
+if TYPE_CHECKING:
+    from gateway.limits.limiter import Ticket
 
 
 @dataclass(slots=True)
@@ -23,6 +27,15 @@ class ToolCallParts:
 
 
 MAX_TOOL_CALLS = 128  # distinct tool-call indices kept for one answer; an upstream chooses them
+NAME_KEPT = 256  # characters of a tool's name kept
+
+
+class Fold(Protocol):
+    """How one dialect's stream events and whole bodies fold into an `Answer`; True: a part was unreadable."""
+
+    def chunk(self, answer: Answer, event: dict[str, Any]) -> bool: ...
+
+    def body(self, answer: Answer, body: dict[str, Any]) -> bool: ...
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -56,6 +69,8 @@ class Answer:
     keep: int = 1 << 20
     kept: int = 0
     truncated: bool = False
+    fold: Fold | None = None  # None: chat completions, folded by the methods below
+    error: str | None = None  # an error the upstream reported inside a successful answer
 
     def add_chunk(self, payload: bytes) -> dict[str, Any] | None:
         """Fold one stream event's data into the answer; return the parsed chunk (None when unreadable)."""
@@ -67,7 +82,7 @@ class Answer:
         if not isinstance(chunk, dict):
             self.bad_chunks += 1
             return None
-        odd = self._fold_chunk(chunk)
+        odd = self._fold_chunk(chunk) if self.fold is None else self.fold.chunk(self, chunk)
         self.bad_chunks += odd
         return chunk
 
@@ -114,19 +129,36 @@ class Answer:
         index = call.get("index", len(self.tool_calls))
         if not isinstance(index, int) or isinstance(index, bool):
             return True
-        parts = self.tool_calls.get(index)
+        parts = self.tool_calls.get(index) or self.new_tool_call(index)
         if parts is None:
-            if len(self.tool_calls) >= MAX_TOOL_CALLS:
-                self.truncated = True
-                return False
-            parts = self.tool_calls[index] = ToolCallParts()
+            return False
         function = _dict(call.get("function"))
         name = _str(function.get("name"))
-        if name and len(parts.name) < 256:
-            parts.name = (parts.name + name)[:256]
+        if name and len(parts.name) < NAME_KEPT:
+            parts.name = (parts.name + name)[:NAME_KEPT]
         if args := function.get("arguments"):
             return self._keep(parts.arguments, args)
         return False
+
+    def new_tool_call(self, key: int) -> ToolCallParts | None:
+        """A tool call's parts, kept under `key` (its order); None once MAX_TOOL_CALLS are kept."""
+        if len(self.tool_calls) >= MAX_TOOL_CALLS:
+            self.truncated = True
+            return None
+        parts = self.tool_calls[key] = ToolCallParts()
+        return parts
+
+    def add_text(self, text: Any) -> bool:
+        """Append answer text (a fold's helper); True when it was not a string."""
+        return self._keep(self.content, text)
+
+    def add_reasoning(self, text: Any) -> bool:
+        """Append reasoning text; True when it was not a string."""
+        return self._keep(self.reasoning, text)
+
+    def add_arguments(self, parts: ToolCallParts, text: Any) -> bool:
+        """Append a piece of a tool call's arguments; True when it was not a string."""
+        return self._keep(parts.arguments, text)
 
     def _keep(self, parts: list[str], text: Any) -> bool:
         """Append text while under the keep limit; True when `text` was not a string."""
@@ -150,6 +182,9 @@ class Answer:
             return
         if not isinstance(body, dict):
             self.bad_chunks += 1
+            return
+        if self.fold is not None:
+            self.bad_chunks += self.fold.body(self, body)
             return
         upstream_id, usage = body.get("id"), body.get("usage")
         self.upstream_id = upstream_id if isinstance(upstream_id, str) else None
@@ -198,11 +233,14 @@ class Call:
     first_byte: float | None = None
     client_disconnected: bool = False
     upstream_headers: dict[str, str] | None = None
+    forwarded_headers: dict[str, str] | None = None  # client headers a dialect sends upstream as they came
     request_logged: bool = False
     deadline: float = float("inf")  # a time.perf_counter() value no part of the call may pass
     ended: float | None = None  # when the call was over, so a record built later still times it right
     answer: Answer = field(default_factory=Answer)
     tool_repair: ToolCallRepair | None = None  # set when the answer is checked for tool calls leaked as text
+    ticket: Ticket | None = None  # what the call's limits reserved for it, until it is settled
+    limited_by: str | None = None  # the limit that refused the call (`keys.teaching.tokens_per_day`)
 
     @property
     def latency_ms(self) -> float:

@@ -68,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the provider plugins installed",
         description="List the provider plugins found by entry point, with their distribution.",
     )
+    usage = commands.add_parser(
+        "usage",
+        help="every key's usage and what its limits leave, from a running gateway",
+        description="Every proxy key's usage and what its limits leave, read from a running gateway's "
+        "/v1/usage/keys with a key named in limits.operator_keys.",
+    )
+    port = os.environ.get("PORT", "8080")
+    usage.add_argument(
+        "--url", default=f"http://127.0.0.1:{port}", help="the gateway (env PORT for the port)"
+    )
+    usage.add_argument("--key-env", default="PROXY_KEY", help="the variable holding the operator's proxy key")
     for name, what in (
         ("analyze", "reports on the gateway's logs, as scripts/analyze_logs.py (analyze --help)"),
         ("agent", "an MCP tool-use session through the gateway, as scripts/agent_runner.py (agent --help)"),
@@ -86,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.path)
     if args.command == "providers":
         return list_providers()
+    if args.command == "usage":
+        from gateway.limits.report import show_usage
+
+        return show_usage(args.url, args.key_env)
     return serve(args)
 
 
@@ -117,6 +132,10 @@ def check_config(path: str) -> int:
         prefixes = ", ".join(s.prefixes) or "none"
         print(f"  {name} [{s.plugin}] {s.endpoint or '(no endpoint)'}  key: {key}")
         print(f"    models: {', '.join(s.models) or 'none'}; prefixes: {prefixes}")
+        print(f"    dialects: {', '.join(s.dialects)}")
+    if (limits := config.limits).enabled:
+        named = ", ".join([*(["default"] if limits.default else []), *limits.keys]) or "none"
+        print(f"  limits [{limits.store}]: keys {named}; models {', '.join(limits.models) or 'none'}")
     return 0
 
 
@@ -136,6 +155,10 @@ def serve(args: argparse.Namespace) -> int:
     setup_logging()
     validated = _load_for_serving(args.config)
     if validated is None:
+        return 2
+    limits = validated.config.limits
+    if args.workers > 1 and limits.enabled and limits.store == "memory":  # each worker would count alone
+        log.error("limits with --workers %d need a shared store: set limits.store: redis", args.workers)
         return 2
     try:
         # In this process, before any worker would fail to bind (and be restarted, forever) and before a

@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from gateway.auth import named_keys
 from gateway.errors import NotFound
+from gateway.limits.config import LimitSettings, check_limits, parse_limits
 from gateway.prices import PriceTableError, load_prices
 from gateway.routing import Router, duplicate_models
 from providers.base import Provider
@@ -99,6 +101,7 @@ class Config:
     logging: LoggingSettings = LoggingSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     server: ServerSettings = ServerSettings()
+    limits: LimitSettings = field(default_factory=LimitSettings)
     source: str = "built-in defaults"
 
 
@@ -168,9 +171,10 @@ def _parse(raw: Mapping[str, Any], source: str, problems: list[str]) -> Config:
         problems.append("server.header_timeout_s: must be above 0")
     if sections["logging"].capture not in ("summary", "full"):
         problems.append(f"logging.capture: must be summary or full, not {shown(sections['logging'].capture)}")
-    known = {"providers", "default_provider", *_SECTIONS}
+    limits = parse_limits(raw.get("limits"), problems)
+    known = {"providers", "default_provider", "limits", *_SECTIONS}
     problems += [unknown_setting("", key, known, "top-level setting") for key in raw if key not in known]
-    return Config(providers=providers, default_provider=default, source=source, **sections)
+    return Config(providers=providers, default_provider=default, limits=limits, source=source, **sections)
 
 
 def _section(cls: type, value: Any, name: str, problems: list[str]) -> Any:
@@ -260,9 +264,11 @@ def validate(config: Config, env: Mapping[str, str]) -> Validated:
         except PriceTableError as exc:
             problems.append(f"logging.prices: {exc}")
     problems += _fallback_problems(config, Router(providers, config.default_provider))
+    limit_problems, limit_warnings = check_limits(config.limits, set(named_keys(env)))
+    problems += limit_problems
     if problems:
         raise ConfigError(problems)
-    return Validated(config, providers, tuple(readiness_warnings(providers)))
+    return Validated(config, providers, (*readiness_warnings(providers), *limit_warnings))
 
 
 def _fallback_problems(config: Config, router: Router) -> list[str]:

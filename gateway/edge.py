@@ -9,6 +9,7 @@ too, before the app could take it for plain bytes. `EdgeRunner` serves an app th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,8 @@ class EdgeError:
     def response(self) -> web.Response:
         """The answer, closing the connection: after a framing error the next request cannot be trusted."""
         body = orjson.dumps(error_body(self.message, self.type, code=self.code))
-        headers = {hdrs.SERVER: SERVER_NAME, hdrs.CONNECTION: "close"}
+        # Every answer names itself, even one no handler saw: the id is what an operator asks a user for.
+        headers = {hdrs.SERVER: SERVER_NAME, hdrs.CONNECTION: "close", "X-Request-Id": os.urandom(16).hex()}
         response = web.Response(
             status=self.status, body=body, content_type="application/json", headers=headers
         )

@@ -3,10 +3,14 @@
     GatewayError                  any error the gateway answers with itself
     ├── InvalidRequest            400  bad JSON, missing or wrongly typed fields
     ├── AuthenticationFailed      401  missing or wrong proxy key
+    ├── PermissionDenied          403  a key that may not read what it asked for
     ├── NotFound                  404  unknown route or model
     ├── MethodNotAllowed          405
     ├── RequestTimeout            408  the client's body did not arrive in time
     ├── PayloadTooLarge           413
+    ├── RateLimited               429  a limit of the caller's key (`rate_limit_exceeded`), with Retry-After
+    │   └── QuotaExceeded         429  a spent budget (`insufficient_quota`)
+    ├── LimitsUnavailable         503  the limits store is unreachable and `on_store_error` is deny
     └── UpstreamError             502  the provider could not be reached or answered badly
         ├── UpstreamRedirect      502  the provider answered 3xx (never followed)
         ├── UpstreamTooLarge      502  an answer or one stream event past its size limit
@@ -32,6 +36,7 @@ class GatewayError(Exception):
     type = "server_error"
     code: str | None = None
     close_connection = False  # the connection is left in a state no further request can follow
+    headers: dict[str, str] | None = None  # sent with the error answer (Retry-After, x-ratelimit-*)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -54,6 +59,12 @@ class AuthenticationFailed(GatewayError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
 
 
 class NotFound(GatewayError):
@@ -79,6 +90,24 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(RateLimited):
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class LimitsUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "limits_unavailable"
+    headers = {"Retry-After": "1"}
 
 
 class UpstreamError(GatewayError):
@@ -131,8 +160,10 @@ _TYPE_BY_STATUS = {
 def normalize_upstream_error(status: int, raw: bytes) -> bytes:
     """Return an upstream error body in OpenAI shape, keeping the provider's own words.
 
-    A body that already has `{"error": {...}}` passes through unchanged; anything else (plain text,
-    HTML, `{"detail": ...}` from FastAPI-based servers) is wrapped.
+    A body that already is `{"error": {"message": str, "type": str, ...}}` passes through unchanged (`param`
+    and `code` are optional to OpenAI's clients); an error object whose message or type is missing or not
+    text, or whose param or code has a type no client expects, is completed, its own fields kept; anything
+    else (plain text, HTML, `{"detail": ...}` from FastAPI-based servers) is wrapped.
     """
     try:
         parsed = orjson.loads(raw) if raw else None
@@ -140,16 +171,37 @@ def normalize_upstream_error(status: int, raw: bytes) -> bytes:
         parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
         error = parsed["error"]
-        if "message" in error and "type" in error:
+        if _complete(error):
             return raw
-        message = error.get("message") or orjson.dumps(error).decode()
-        return orjson.dumps(error_body(str(message), _type_for(status), code=error.get("code", status)))
+        message = error.get("message")
+        if not isinstance(message, str) or not message:
+            message = orjson.dumps(error).decode()
+        type_ = error.get("type") if isinstance(error.get("type"), str) else _type_for(status)
+        code = error.get("code")
+        code = code if isinstance(code, str | int) and not isinstance(code, bool) else status
+        body = error_body(message[:2000], type_, param=_text_or_none(error.get("param")), code=code)
+        return orjson.dumps({**parsed, "error": {**error, **body["error"]}})
     if isinstance(parsed, dict):
         detail = parsed.get("detail") or parsed.get("message") or parsed.get("error")
         message = detail if isinstance(detail, str) else orjson.dumps(parsed).decode()
     else:
         message = raw.decode("utf-8", "replace").strip() or f"upstream answered HTTP {status}"
     return orjson.dumps(error_body(message[:2000], _type_for(status), code=status))
+
+
+def _complete(error: dict[str, Any]) -> bool:
+    """Whether an upstream error object already has OpenAI's fields with the types clients expect."""
+    param, code = error.get("param"), error.get("code")
+    return (
+        isinstance(error.get("message"), str)
+        and isinstance(error.get("type"), str)
+        and (param is None or isinstance(param, str))
+        and (code is None or (isinstance(code, str | int) and not isinstance(code, bool)))
+    )
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _type_for(status: int) -> str:

@@ -30,8 +30,8 @@ def _has_key(gw: Gateway, request: web.Request) -> bool:
 async def health(request: web.Request) -> web.Response:
     """`{"status", "providers", "proxy_key_configured"}` for anyone; the details only with a key."""
     gw = request.app[GATEWAY]
-    logging = gw.recorder.health()
-    degraded = logging.get("degraded", logging.get("spool_full"))
+    logging, limits = gw.recorder.health(), gw.limits.health()
+    degraded = logging.get("degraded", logging.get("spool_full")) or limits.get("degraded")
     status = "draining" if gw.draining else ("degraded" if degraded else "ok")
     providers: dict[str, dict[str, object]] = {
         name: {"configured": p.configured} for name, p in gw.router.providers.items()
@@ -46,6 +46,7 @@ async def health(request: web.Request) -> web.Response:
         "in_flight": gw.in_flight,
         "pid": os.getpid(),  # with --workers N, which worker answered
         "logging": logging,
+        "limits": limits,
     }
     if gw.metrics.group is not None:
         details["workers"] = gw.metrics.group.describe()

@@ -1,7 +1,8 @@
 """Prometheus metrics, one registry per app (no globals), with bounded label sets.
 
 With `--workers N` every worker keeps its metrics in files of the group's run folder (prometheus_client's
-multiprocess mode) and any worker's scrape renders the whole group from them: see `WorkerGroup`.
+multiprocess mode, a process-wide switch each worker throws once, before its app exists) and any worker's
+scrape renders the whole group from them: see `WorkerGroup`. A single process is untouched by it.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ class WorkerGroup:
 
     def join(self, slot: int) -> WorkerGroup:
         """Make a freshly forked worker a member: call it before the worker's app (and metrics) is built."""
-        # prometheus_client picks where a metric's values live when the metric is made, from this class.
-        values.ValueClass = values.MultiProcessValue()
+        # prometheus_client picks where a metric's values live when the metric is made, from this class. By
+        # default it asks the pid at every sample, a system call, to notice a fork: a worker never forks.
+        pid = os.getpid()
+        values.ValueClass = values.MultiProcessValue(lambda: pid)
         path = self._pid_file(slot)
-        path.with_suffix(".tmp").write_text(str(os.getpid()))
+        path.with_suffix(".tmp").write_text(str(pid))
         path.with_suffix(".tmp").replace(path)  # a sibling reading it sees the old pid or the new, whole
         return replace(self, slot=slot)
 
@@ -177,6 +180,17 @@ class Metrics:
         )
         self.log_task_errors = Counter(
             "gateway_log_task_errors", "Failed steps of the background log task (retried)", registry=r
+        )
+        # By proxy key name: names come from the config and the environment, so they are few.
+        self.key_tokens = Counter(
+            "gateway_key_tokens", "Tokens used, as limits count them", ["key"], registry=r
+        )
+        self.key_cost = Counter("gateway_key_cost_usd", "USD spent, as limits count it", ["key"], registry=r)
+        self.limit_refusals = Counter(
+            "gateway_limit_refusals", "Calls refused by a limit", ["key", "limit"], registry=r
+        )
+        self.limit_store_errors = Counter(
+            "gateway_limit_store_errors", "Limits store operations that failed", ["operation"], registry=r
         )
 
     def stream_gauge(self, provider: str, model: str | None) -> Gauge:

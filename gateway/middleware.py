@@ -19,6 +19,8 @@ def error_response(error: GatewayError) -> web.Response:
     response = web.Response(
         status=error.status, body=orjson.dumps(error.body()), content_type="application/json"
     )
+    if error.headers:
+        response.headers.update(error.headers)
     if error.close_connection:
         response.force_close()
     return response

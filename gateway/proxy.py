@@ -11,6 +11,7 @@ import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.calls import Call
+from gateway.dialects import check_spoken, dialect_of
 from gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -30,16 +32,24 @@ from gateway.errors import (
 )
 from gateway.repair import ToolCallRepair
 from gateway.sse import DONE, EventSplitter, EventTooLarge, error_event, event_data
-from gateway.state import GATEWAY, REQUEST_ID, Gateway
+from gateway.state import GATEWAY, RATE_HEADERS, REQUEST_ID, Gateway
 from gateway.upstream import RETRY_STATUSES
 from providers.base import Endpoint, InvalidBody, Provider, UpstreamRequest
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Upstream headers worth handing back: rate limits tell well-behaved clients when to slow down.
 _PASSED_HEADERS = frozenset({"retry-after", "openai-processing-ms"})
-_PASSED_PREFIX = "x-ratelimit-"
+_PASSED_PREFIX = ("x-ratelimit-", "anthropic-ratelimit-")
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
-_REQUIRED = {Endpoint.CHAT: "messages", Endpoint.COMPLETIONS: "prompt", Endpoint.EMBEDDINGS: "input"}
+_REQUIRED: dict[Endpoint, str | None] = {
+    Endpoint.CHAT: "messages",
+    Endpoint.COMPLETIONS: "prompt",
+    Endpoint.EMBEDDINGS: "input",
+    Endpoint.RESPONSES: None,  # `input` may be left out (a stored prompt, a previous response)
+    Endpoint.MESSAGES: "messages",
+    Endpoint.COUNT_TOKENS: "messages",
+}
+_NO_ANSWER = frozenset({Endpoint.EMBEDDINGS, Endpoint.COUNT_TOKENS})  # nothing to rebuild for the records
 # Model ids are printable ASCII without spaces: a name is a route, a label and a record field, never prose.
 _MODEL_NAME = re.compile(r"[\x21-\x7e]{1,256}")
 _ESCAPED_KEY = re.compile(rb'("(?:[^"\\]|\\.)*\\u(?:[^"\\]|\\.)*")\s*:')
@@ -69,6 +79,8 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     )
     call.deadline = call.started + gw.config.upstream.call_deadline_s
     call.answer.keep = gw.config.logging.content_max_chars
+    if (dialect := dialect_of(endpoint)) is not None:
+        call.answer.fold = dialect.fold()
     gw.in_flight += 1
     try:
         return await _proxy(gw, request, call)
@@ -86,7 +98,7 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
 
 async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
     try:
-        call.key_name = gw.keys.authenticate(request.headers.get("Authorization"))
+        call.key_name = _authenticate(gw, request, call)
     except AuthenticationFailed as exc:
         # A refused call costs a small bounded read; a body left unread closes the connection.
         exc.close_connection = not await _describe_refused(request, call)
@@ -99,8 +111,10 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
     if provider is None:
         raise InvalidRequest("This deployment has no default provider for /llm.", code="no_default_provider")
     call.provider = provider.id
+    check_spoken(provider, call.endpoint)
     _check_ready(provider)
     call.tool_repair = _tool_repair(call, provider)
+    request[RATE_HEADERS] = await gw.limits.admit(call, len(raw))
     gw.log_request(call)
     provider, upstream, strip_usage = await _send(gw, call, provider, body, raw)
     call.tool_repair = _tool_repair(call, provider)  # a fallback's provider may say otherwise
@@ -171,7 +185,18 @@ async def _describe_refused(request: web.Request, call: Call) -> bool:
     return complete
 
 
-def _validate(body: dict[str, Any], required: str) -> None:
+def _authenticate(gw: Gateway, request: web.Request, call: Call) -> str | None:
+    """The caller's key name; the dialects' clients may send the key as `x-api-key` instead."""
+    headers = request.headers
+    dialect = dialect_of(call.endpoint)
+    if dialect is None:
+        return gw.keys.authenticate(headers.get("Authorization"))
+    name = gw.keys.authenticate_either(headers.get("Authorization"), headers.get("x-api-key"))
+    call.forwarded_headers = dialect.forwarded(headers)
+    return name
+
+
+def _validate(body: dict[str, Any], required: str | None) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("`model` is required and must be a non-empty string.", param="model")
@@ -181,13 +206,13 @@ def _validate(body: dict[str, Any], required: str) -> None:
             param="model",
             code="invalid_model",
         )
-    value = body.get(required)
+    value = body.get(required) if required else None
     if required == "messages":
         if not isinstance(value, list) or not value:
             raise InvalidRequest("`messages` is required and must be a non-empty array.", param="messages")
         if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value):
             raise InvalidRequest("Each message must be an object with a string `role`.", param="messages")
-    elif value is None or value == "" or value == []:
+    elif required and (value is None or value == "" or value == []):
         raise InvalidRequest(f"`{required}` is required.", param=required)
     if "stream" in body and not isinstance(body["stream"], bool):
         raise InvalidRequest("`stream` must be true or false.", param="stream")
@@ -201,6 +226,8 @@ def _describe(call: Call, body: dict[str, Any]) -> None:
     user = body.get("user")
     if isinstance(user, str) and user:
         call.session_id = user
+    elif call.session_id is None and (dialect := dialect_of(call.endpoint)) is not None:
+        call.session_id = dialect.session(body)  # an agent's own session id, where its body carries one
 
 
 async def _send(
@@ -209,7 +236,7 @@ async def _send(
     """Send to the routed model, then to its fallbacks while the answer is a retryable failure."""
     model = call.model or ""
     # /llm forwards the client's bytes to the default provider as they are: no other model stands in for it.
-    fallbacks = () if call.endpoint is Endpoint.RAW else gw.upstream.settings.fallbacks.get(model, ())
+    fallbacks = () if call.endpoint is Endpoint.RAW else _fallbacks(gw, call.endpoint, model)
     candidates = [model, *fallbacks]
     for i, candidate in enumerate(candidates):
         last = i == len(candidates) - 1
@@ -237,6 +264,12 @@ async def _send(
         call.provider, call.model = provider.id, candidate or call.model
         return provider, response, strip_usage
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _fallbacks(gw: Gateway, endpoint: Endpoint, model: str) -> tuple[str, ...]:
+    """The fallbacks configured for `model` whose providers speak the call's dialect."""
+    listed = gw.upstream.settings.fallbacks.get(model, ())
+    return tuple(m for m in listed if gw.router.resolve(m).speaks(endpoint)) if listed else ()
 
 
 def _check_ready(provider: Provider) -> None:
@@ -283,7 +316,10 @@ def _build(
         raise InvalidRequest(
             "The request body nests too deeply to be forwarded (at most 254 levels).", code="body_too_deep"
         ) from exc
-    return provider.build_request(call.endpoint, payload, call.stream), strip_usage
+    upstream = provider.build_request(call.endpoint, payload, call.stream)
+    if call.forwarded_headers:
+        upstream = replace(upstream, headers={**upstream.headers, **call.forwarded_headers})
+    return upstream, strip_usage
 
 
 async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse) -> web.Response:
@@ -291,7 +327,8 @@ async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse)
     raw = await gw.upstream.read(upstream, call.provider or "", call.deadline)
     call.first_byte = call.first_byte or time.perf_counter()
     call.status = upstream.status
-    headers = {str(k): v for k, v in upstream.headers.items() if _passed(k.lower())}
+    # The provider's own headers, scrubbed: a careless upstream may echo its key in any of them.
+    headers = {str(k): gw.scrubber.text(v) for k, v in upstream.headers.items() if _passed(k.lower())}
     if upstream.status >= 400:
         call.upstream_headers = headers or None
         # Scrubbed before and after: normalizing may unescape a secret the provider wrote escaped.
@@ -303,7 +340,7 @@ async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse)
             raw = call.tool_repair.body(raw)
         raw = gw.scrubber.stream(raw)
         headers["Content-Type"] = upstream.headers.get("Content-Type", "application/json")
-        if call.endpoint is not Endpoint.EMBEDDINGS:
+        if call.endpoint not in _NO_ANSWER:
             _tee(call, call.answer.add_body, raw)
     return web.Response(body=raw, status=upstream.status, headers=headers)
 
@@ -335,7 +372,7 @@ async def _relay_stream(
         call.error = exc.message
         if repair is not None:  # text held back in case it was markup is the model's: it goes out first
             await _forward(gw, response, call, repair.finish(), strip_usage)
-        await response.write(error_event(exc.body()))
+        await response.write(_error_event(call, exc))
         await response.write_eof()
     except ConnectionResetError:
         call.client_disconnected = True
@@ -377,6 +414,12 @@ def _tee(call: Call, fold: Callable[[bytes], object], data: bytes) -> None:
 
 def _passed(name: str) -> bool:
     return name in _PASSED_HEADERS or name.startswith(_PASSED_PREFIX)
+
+
+def _error_event(call: Call, exc: GatewayError) -> bytes:
+    """The gateway's error as one event of the stream's own dialect."""
+    dialect = dialect_of(call.endpoint)
+    return error_event(exc.body()) if dialect is None else dialect.error_event(exc.body())
 
 
 def _usage_only(event: bytes) -> bool:

@@ -144,7 +144,7 @@ def _watch(app_factory: AppFactory, host: str, port: int, group: WorkerGroup) ->
         if slot >= 0 and not stopping:
             log.error("worker %d (pid %d) exited with %d; restarting it", slot, pid, code)
             time.sleep(1)  # do not spin if it dies at once
-            if not stopping:  # told to stop during the pause: a worker started now would never be
+            if not stopping:  # a stop came during the pause: a worker started now would not hear it
                 spawn(slot)
     return 0 if stopping else worst
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.auth import KeyRing
 from gateway.calls import Call
 from gateway.config import Config
+from gateway.limits.limiter import Limiter
 from gateway.metrics import Metrics
 from gateway.routing import Router
 from gateway.scrub import Scrubber
@@ -51,6 +52,7 @@ class Gateway:
     metrics: Metrics
     upstream: Upstream = field(init=False)
     recorder: Recorder = field(default_factory=NullRecorder)
+    limits: Limiter = field(default_factory=Limiter)  # the configured one is set by its cleanup context
     in_flight: int = 0
     draining: bool = False
 
@@ -70,7 +72,9 @@ class Gateway:
         model = self.metrics.model_label(call.model, answered=answered and 0 < call.status < 400)
         ttfb = None if call.first_byte is None else call.first_byte - call.started
         self.metrics.observe_call(call.provider or "none", model, call.status, call.latency_ms / 1000, ttfb)
+        self.limits.settle(call)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
+RATE_HEADERS = web.RequestKey("rate_headers", dict)  # the call's x-ratelimit-* headers, for its answer

@@ -17,19 +17,34 @@ from urllib.parse import urlsplit
 import orjson
 
 SAMPLING_PARAMS = ("temperature", "top_p")
+# The APIs an upstream may answer: OpenAI's chat completions (with completions and embeddings beside it),
+# OpenAI's Responses and Anthropic's Messages. The gateway passes each through; it translates none.
+DIALECTS = ("chat", "responses", "messages")
 
 
 class Endpoint(enum.Enum):
-    """The OpenAI routes the gateway serves, with their path under the provider's base URL."""
+    """The routes the gateway serves, with their path under the provider's base URL."""
 
     CHAT = "/chat/completions"
     COMPLETIONS = "/completions"
     EMBEDDINGS = "/embeddings"
+    RESPONSES = "/responses"
+    MESSAGES = "/messages"
+    COUNT_TOKENS = "/messages/count_tokens"
     RAW = ""  # /llm: the body goes to the provider's configured endpoint untouched
 
     @property
     def label(self) -> str:
-        return {"CHAT": "chat.completions", "RAW": "llm"}.get(self.name, self.name.lower())
+        return _LABELS.get(self.name, self.name.lower())
+
+    @property
+    def dialect(self) -> str | None:
+        """The API this route belongs to (None for /llm, which is whatever the endpoint speaks)."""
+        return _DIALECT_OF.get(self.name, "chat")
+
+
+_LABELS = {"CHAT": "chat.completions", "RAW": "llm", "COUNT_TOKENS": "messages.count_tokens"}
+_DIALECT_OF = {"RESPONSES": "responses", "MESSAGES": "messages", "COUNT_TOKENS": "messages", "RAW": None}
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,7 @@ class ProviderSettings:
     discover_models: bool = True
     # Tool calls a model leaks into its text made real: every model (true), or those names and prefixes.
     repair_tool_calls: bool | tuple[str, ...] = False
+    dialects: tuple[str, ...] = DIALECTS  # the APIs the upstream answers, at the URLs `Provider.url` gives
     options: Mapping[str, Any] = field(default_factory=dict)  # plugin-specific extras
 
     @property
@@ -108,10 +124,19 @@ class Provider:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def url(self, endpoint: Endpoint) -> str:
-        """The upstream URL for one of the gateway's endpoints."""
+        """The upstream URL for one of the gateway's endpoints: beside the chat endpoint, as vLLM has them."""
         if endpoint is Endpoint.RAW and self.settings.endpoint:
             return self.settings.endpoint
         return self.base_url + endpoint.value
+
+    def speaks(self, endpoint: Endpoint) -> bool:
+        """Whether the upstream answers this route's dialect (/llm goes wherever the endpoint points)."""
+        dialect = endpoint.dialect
+        return dialect is None or dialect in self.settings.dialects
+
+    def dialect_headers(self, endpoint: Endpoint) -> Mapping[str, str]:
+        """The headers (the key among them) one dialect's requests carry; the same for all by default."""
+        return self.headers
 
     def repairs_tool_calls(self, model: str) -> bool:
         """Whether tool calls `model` writes into its text as markup are turned into real `tool_calls`."""
@@ -153,7 +178,7 @@ class Provider:
 
     def build_request(self, endpoint: Endpoint, body: bytes, stream: bool) -> UpstreamRequest:
         """The request the gateway sends: URL, headers with the provider's key, body."""
-        headers = {**self.headers, "Content-Type": "application/json"}
+        headers = {**self.dialect_headers(endpoint), "Content-Type": "application/json"}
         if stream:
             headers["Accept"] = "text/event-stream"
         return UpstreamRequest(self.url(endpoint), headers, body, stream)

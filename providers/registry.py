@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from importlib.metadata import entry_points
 from typing import Any
 
-from providers.base import Provider, ProviderSettings, endpoint_problem
+from providers.base import DIALECTS, Provider, ProviderSettings, endpoint_problem
 
 GROUP = "open_llm_proxy.providers"
 GENERIC = "openai"
@@ -168,6 +168,11 @@ def _value_problems(where: str, values: Mapping[str, Any], *, endpoint_given: bo
     elif not endpoint_given:  # an endpoint variable named instead makes it a warning, while it is unset
         problems.append(
             f"{where}: no endpoint; give its URL, e.g. `endpoint: https://host/v1/chat/completions`"
+        )
+    dialects = values.get("dialects")
+    if dialects is not None and (not dialects or not set(dialects) <= set(DIALECTS)):
+        problems.append(
+            f"{where}.dialects: expected some of {', '.join(DIALECTS)}, got {shown(list(dialects))}"
         )
     if values.get("models_auth") not in (None, "bearer", "x-api-key"):
         problems.append(

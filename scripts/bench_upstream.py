@@ -7,10 +7,13 @@ serialised once per shape, and records nothing.
 
 Stream shape per request, from optional body fields (the gateway forwards the client's bytes unchanged):
 `mock_chunks` content chunks (default 20), `mock_chunk_delay_ms` between them (default 0: one write),
-`mock_latency_ms` before the headers. Each stream is a role chunk, `tok0 ` .. `tok<N-1> ` content chunks, a
-finish chunk, a usage chunk (`choices: []`) and `data: [DONE]`.
+`mock_latency_ms` before the headers, and `mock_close` to close the connection after the answer (thousands
+of held streams would otherwise stay behind as idle pooled connections, holding descriptors for a minute).
+Each stream is a role chunk, `tok0 ` .. `tok<N-1> ` content chunks, a finish chunk, a usage chunk
+(`choices: []`) and `data: [DONE]`.
 
-Run: `python scripts/bench_upstream.py --port 18000` (loopback only).
+Run: `python scripts/bench_upstream.py --port 18000` (loopback only; port 0, the default, binds a free port).
+It prints its URL once it listens.
 """
 
 from __future__ import annotations
@@ -77,11 +80,16 @@ async def handle(request: web.BaseRequest) -> web.StreamResponse:
         await asyncio.sleep(latency)
     if not body.get("stream"):
         return web.Response(body=completion(model), content_type="application/json")
-    return await _stream(request, model, int(body.get("mock_chunks", 20)), body.get("mock_chunk_delay_ms", 0))
+    chunks, delay_ms = int(body.get("mock_chunks", 20)), body.get("mock_chunk_delay_ms", 0)
+    return await _stream(request, model, chunks, delay_ms, bool(body.get("mock_close")))
 
 
-async def _stream(request: web.BaseRequest, model: str, chunks: int, delay_ms: float) -> web.StreamResponse:
+async def _stream(
+    request: web.BaseRequest, model: str, chunks: int, delay_ms: float, close: bool
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    if close:
+        response.force_close()
     await response.prepare(request)
     events = stream_events(model, max(0, chunks))
     delay = float(delay_ms) / 1000
@@ -105,6 +113,7 @@ async def serve(host: str, port: int) -> None:
     runner = web.ServerRunner(web.Server(handle, access_log=None), access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=4096).start()
+    port = runner.addresses[0][1]  # the one bound, when asked for port 0
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -116,7 +125,7 @@ async def serve(host: str, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1", "localhost"])
-    parser.add_argument("--port", type=int, default=18000)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port (the default)")
     args = parser.parse_args()
     try:
         import uvloop

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Debian's Chromium, a virtualenv holding the project with its test
-# extras) and runs the linter, the formatter check, the type checker and the whole test suite.
+# Installs everything the tests need (Debian's Chromium and redis-server, whichever is missing; a virtualenv
+# holding the project with its test extras) and runs the linter, the formatter check, the type checker and the
+# whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v chromium >/dev/null 2>&1; then
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # the limits tests' shared store
+if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# The agent CLIs the dialect tests drive (Claude Code, Codex), at the versions tests/clients pins.
+(cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

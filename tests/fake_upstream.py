@@ -1,5 +1,10 @@
 """A fake OpenAI-compatible LLM server that speaks SSE the way vLLM and OpenRouter do.
 
+It also answers the two other dialects vLLM serves: OpenAI's Responses API (`/v1/responses`, typed events
+each with an `event:` line, ending in `response.completed` with usage) and Anthropic's Messages API
+(`/v1/messages` and `/v1/messages/count_tokens`: `message_start`, pings, content blocks, `message_delta`
+with usage, `message_stop`; an `error` event mid-stream when `stream_error` says so), from the same `Reply`.
+
 It is the only fake in the test suite: everything else is real. Each answer is a `Reply`: the next one
 queued with `FakeUpstream.queue(...)` (say, two failures before the responder's answer), else the one
 `FakeUpstream.responder(body)` chooses; the default responder reads an optional `"fake": {...}` object from
@@ -63,6 +68,8 @@ class Reply:
     gzip: bool = False  # compress the body (stream writes each flushed at once) with Content-Encoding: gzip
     endless: bool = False  # stream content deltas (or, non-streamed, spaces) until the client goes away
     drip: float = 0.0  # send the answer one byte every `drip` seconds, forever
+    pings: bool = True  # Messages streams: `ping` events, as Anthropic sends them
+    stream_error: str = ""  # Responses and Messages streams: an `error` event after the content, then the end
 
 
 def default_responder(body: dict[str, Any]) -> Reply:
@@ -111,6 +118,9 @@ class FakeUpstream:
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/completions", self.completions)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.app.router.add_post("/v1/responses", self.responses)
+        self.app.router.add_post("/v1/messages", self.messages)
+        self.app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
         self.app.router.add_get("/v1/models", self.list_models)
         self.app.router.add_get("/_requests", self.dump_requests)
 
@@ -160,7 +170,7 @@ class FakeUpstream:
             record["sent"].append(data)
         return data
 
-    def _fixed(self, reply: Reply) -> web.Response | None:
+    def _fixed(self, reply: Reply, error: bytes | None = None) -> web.Response | None:
         """The answer when `reply` fixes it whatever the request: a redirect, an error, or raw bytes."""
         if reply.redirect:
             headers = {"Location": reply.redirect, **reply.headers}
@@ -168,7 +178,7 @@ class FakeUpstream:
         if reply.raw_body is not None:
             return self._whole(reply.raw_body, reply, reply.status)
         if reply.status >= 400:
-            return self._error(reply)
+            return self._error(reply, error)
         return None
 
     def _whole(self, raw: bytes, reply: Reply, status: int = 200) -> web.Response:
@@ -202,8 +212,8 @@ class FakeUpstream:
             return await self._endless_body(request, reply)
         return self._whole(orjson.dumps(self._completion(body, reply, model)), reply)
 
-    def _error(self, reply: Reply) -> web.Response:
-        raw = reply.error or orjson.dumps({"error": {"message": "fake failure", "type": "server_error"}})
+    def _error(self, reply: Reply, error: bytes | None = None) -> web.Response:
+        raw = reply.error or error or _OPENAI_ERROR
         return self._whole(raw, reply, reply.status)
 
     def _completion(self, body: dict[str, Any], reply: Reply, model: str) -> dict[str, Any]:
@@ -357,6 +367,35 @@ class FakeUpstream:
         out = {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
         return self._whole(orjson.dumps(out), reply)
 
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Responses API, as vLLM serves it."""
+        return await self._dialect(request, responses_events, response_object, _OPENAI_ERROR)
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Messages API, as Anthropic and vLLM serve it; errors in Anthropic's shape."""
+        return await self._dialect(request, messages_events, message_object, _ANTHROPIC_ERROR)
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        body, reply = await self._take(request)
+        if (fixed := self._fixed(reply, _ANTHROPIC_ERROR)) is not None:
+            return fixed
+        return self._whole(orjson.dumps({"input_tokens": _prompt_words(body)}), reply)
+
+    async def _dialect(
+        self, request: web.Request, events: DialectEvents, whole: DialectBody, error: bytes
+    ) -> web.StreamResponse:
+        body, reply = await self._take(request)
+        if (fixed := self._fixed(reply, error)) is not None:
+            return fixed
+        answer_id = f"fake-{next(self._ids)}"
+        model = reply.model or str(body.get("model", "fake-model"))
+        if not (body.get("stream") or reply.raw_events is not None):
+            return self._whole(orjson.dumps(whole(body, reply, answer_id, model)), reply)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **reply.headers})
+        await response.prepare(request)
+        stream = reply.raw_events if reply.raw_events is not None else events(body, reply, answer_id, model)
+        return await self._write_all(request, response, stream, reply)
+
     async def list_models(self, request: web.Request) -> web.Response:
         self.model_listings.append(dict(request.headers))
         if self.models_redirect:
@@ -403,6 +442,200 @@ def _usage(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     if reply.cost is not None:
         usage["cost"] = reply.cost
     return usage
+
+
+_OPENAI_ERROR = orjson.dumps({"error": {"message": "fake failure", "type": "server_error"}})
+_ANTHROPIC_ERROR = orjson.dumps(
+    {"type": "error", "error": {"type": "overloaded_error", "message": "fake failure"}}
+)
+DialectEvents = Callable[[dict[str, Any], Reply, str, str], list[bytes]]
+DialectBody = Callable[[dict[str, Any], Reply, str, str], dict[str, Any]]
+
+
+def sse(kind: str, data: dict[str, Any]) -> bytes:
+    """One event as vLLM and Anthropic frame it: an `event:` line, then the data with the same `type`."""
+    return f"event: {kind}\n".encode() + b"data: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+def _prompt_words(body: dict[str, Any]) -> int:
+    """Words in every string of the conversation: a stand-in for a token count."""
+    parts = [body.get(k) for k in ("messages", "input", "system", "instructions")]
+    return sum(len(text.split()) for text in _strings(parts))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _output_items(reply: Reply, answer_id: str) -> list[dict[str, Any]]:
+    """A Responses answer's items: reasoning, the message, the function calls."""
+    items: list[dict[str, Any]] = []
+    if reply.reasoning:
+        text = {"type": "reasoning_text", "text": reply.reasoning}
+        items.append({"id": f"rs_{answer_id}", "type": "reasoning", "summary": [], "content": [text]})
+    if reply.content:
+        part = {"type": "output_text", "text": reply.content, "annotations": []}
+        items.append({"id": f"msg_{answer_id}", "type": "message", "role": "assistant", "content": [part]})
+    for i, call in enumerate(reply.tool_calls):
+        items.append(
+            {
+                "id": f"fc_{answer_id}_{i}",
+                "type": "function_call",
+                "call_id": f"call_{i}",
+                "name": call["name"],
+                "arguments": call["arguments"],
+            }
+        )
+    return [{**item, "status": "completed"} for item in items]
+
+
+def response_object(body: dict[str, Any], reply: Reply, answer_id: str, model: str) -> dict[str, Any]:
+    """A whole Responses answer: `incomplete` when `finish_reason` is max_output_tokens."""
+    prompt, completion = _prompt_words(body), len(reply.content.split()) + len(reply.reasoning.split())
+    usage = {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": len(reply.reasoning.split())},
+        "total_tokens": prompt + completion,
+    }
+    incomplete = reply.finish_reason == "max_output_tokens"
+    return {
+        "id": f"resp_{answer_id}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": model,
+        "status": "incomplete" if incomplete else "completed",
+        "incomplete_details": {"reason": reply.finish_reason} if incomplete else None,
+        "output": _output_items(reply, answer_id),
+        "usage": usage,
+    }
+
+
+def responses_events(body: dict[str, Any], reply: Reply, answer_id: str, model: str) -> list[bytes]:
+    """A Responses stream as vLLM writes it: each item added, its deltas, done; then response.completed."""
+    whole = response_object(body, reply, answer_id, model)
+    started = {**whole, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("response.created", {"response": started}),
+        ("response.in_progress", {"response": started}),
+    ]
+    for index, item in enumerate(whole["output"]):
+        events += _item_events(index, item, reply)
+    if reply.stream_error:
+        events.append(("error", {"code": "server_error", "message": reply.stream_error, "param": None}))
+    else:
+        final = "response.incomplete" if whole["status"] == "incomplete" else "response.completed"
+        events.append((final, {"response": whole}))
+    return [sse(kind, {**data, "sequence_number": n}) for n, (kind, data) in enumerate(events)]
+
+
+def _item_events(index: int, item: dict[str, Any], reply: Reply) -> list[tuple[str, dict[str, Any]]]:
+    at = {"output_index": index, "item_id": item["id"]}
+    calling = item["type"] == "function_call"
+    empty = {**item, "status": "in_progress", **({"arguments": ""} if calling else {"content": []})}
+    events = [("response.output_item.added", {"output_index": index, "item": empty})]
+    if calling:
+        pieces = _pieces(item["arguments"], 3)
+        events += [("response.function_call_arguments.delta", {**at, "delta": p}) for p in pieces]
+        events.append(("response.function_call_arguments.done", {**at, "arguments": item["arguments"]}))
+    else:
+        whole = item["content"][0]
+        text, prefix = whole["text"], whole["type"]  # output_text or reasoning_text
+        part = {**at, "content_index": 0}
+        events.append(("response.content_part.added", {**part, "part": {**whole, "text": ""}}))
+        events += [(f"response.{prefix}.delta", {**part, "delta": p}) for p in _pieces(text, reply.chunks)]
+        events.append((f"response.{prefix}.done", {**part, "text": text}))
+        events.append(("response.content_part.done", {**part, "part": whole}))
+    return [*events, ("response.output_item.done", {"output_index": index, "item": item})]
+
+
+def _blocks(reply: Reply) -> list[dict[str, Any]]:
+    """A Messages answer's content blocks: thinking, text, tool uses."""
+    blocks: list[dict[str, Any]] = []
+    if reply.reasoning:
+        blocks.append({"type": "thinking", "thinking": reply.reasoning, "signature": "fake-signature"})
+    if reply.content:
+        blocks.append({"type": "text", "text": reply.content})
+    for i, call in enumerate(reply.tool_calls):
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": f"toolu_{i}",
+                "name": call["name"],
+                "input": orjson.loads(call["arguments"]),
+            }
+        )
+    return blocks
+
+
+def message_object(body: dict[str, Any], reply: Reply, answer_id: str, model: str) -> dict[str, Any]:
+    """A whole Messages answer, its usage split as Anthropic splits it (cached prompt tokens apart)."""
+    completion = len(reply.content.split()) + len(reply.reasoning.split())
+    stop = reply.finish_reason or ("tool_use" if reply.tool_calls else "end_turn")
+    usage = {
+        "input_tokens": _prompt_words(body),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": completion,
+    }
+    return {
+        "id": f"msg_{answer_id}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": _blocks(reply),
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def messages_events(body: dict[str, Any], reply: Reply, answer_id: str, model: str) -> list[bytes]:
+    """A Messages stream as Anthropic writes it: the message, a ping, each block by deltas, the stop."""
+    whole = message_object(body, reply, answer_id, model)
+    usage = whole["usage"]
+    start = {**whole, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    events = [sse("message_start", {"message": start})]
+    if reply.pings:
+        events.append(sse("ping", {}))
+    for index, block in enumerate(whole["content"]):
+        events += _block_events(index, block, reply)
+    if reply.stream_error:
+        error = {"type": "overloaded_error", "message": reply.stream_error}
+        return [*events, sse("error", {"error": error})]
+    delta = {"stop_reason": whole["stop_reason"], "stop_sequence": None}
+    events.append(sse("message_delta", {"delta": delta, "usage": {"output_tokens": usage["output_tokens"]}}))
+    return [*events, sse("message_stop", {})]
+
+
+def _block_events(index: int, block: dict[str, Any], reply: Reply) -> list[bytes]:
+    kind = block["type"]
+    if kind == "tool_use":
+        empty, field_, delta_type = {**block, "input": {}}, "partial_json", "input_json_delta"
+        pieces = _pieces(orjson.dumps(block["input"]).decode(), 3)
+    else:
+        field_ = "text" if kind == "text" else "thinking"
+        empty, delta_type = {**block, field_: ""}, f"{field_}_delta"
+        pieces = _pieces(block[field_], reply.chunks)
+    events = [sse("content_block_start", {"index": index, "content_block": empty})]
+    for n, piece in enumerate(pieces):
+        events.append(
+            sse("content_block_delta", {"index": index, "delta": {"type": delta_type, field_: piece}})
+        )
+        if reply.pings and n == 0 and kind == "text":
+            events.append(sse("ping", {}))
+    if kind == "thinking":
+        signature = {"type": "signature_delta", "signature": block["signature"]}
+        events.append(sse("content_block_delta", {"index": index, "delta": signature}))
+    return [*events, sse("content_block_stop", {"index": index})]
 
 
 def main() -> None:

@@ -157,7 +157,7 @@ def test_an_earlier_config_json_parses_with_the_plugins_it_names() -> None:
     assert plugins == {
         "nrp": "nrp",
         "openrouter": "openrouter",
-        "anthropic": "openai",  # no plugin of that name: the generic OpenAI-compatible one
+        "anthropic": "anthropic",  # the built-in anthropic plugin, named by the section
         "nimbus": "nimbus",
         "vllm-cirrus": "openai",
     }

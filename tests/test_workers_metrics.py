@@ -20,10 +20,13 @@ from conftest import FAST_UPSTREAM, PROVIDER_KEY, CliGateway, StartCli, provider
 from fake_upstream import FakeUpstream
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.logs.prompts import PromptLedger
+
 KEY = {"Authorization": "Bearer k"}
 SYSTEM = {"role": "system", "content": "You are the group's one prompt."}
 OK = {"provider": "fake", "model": "fake-model", "status": "200"}
-SLOW_STREAM = {"stream": True, "fake": {"chunks": 40, "chunk_delay": 0.25}}  # ten seconds of answer
+SLOW_STREAM = {"stream": True, "fake": {"chunks": 24, "chunk_delay": 0.25}}  # six seconds of answer
+DAY = 86400.0
 
 
 async def start_group(start_cli: StartCli, fake_url: str, tmp_path: Path) -> CliGateway:
@@ -37,6 +40,17 @@ async def start_group(start_cli: StartCli, fake_url: str, tmp_path: Path) -> Cli
     }
     env = {"PROXY_KEY": "k", "FAKE_KEY": PROVIDER_KEY, "TMPDIR": str(tmp_path / "run")}
     return await start_cli(config, args=["--workers", "2"], env=env)
+
+
+async def both_answer(session: aiohttp.ClientSession, url: str) -> None:
+    """Wait until each worker has answered once: ready means one worker listens, not both."""
+    answered: set[int] = set()
+    for _ in range(400):
+        answered.add((await health(session, url))["pid"])
+        if len(answered) == 2:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"only {answered} answered")
 
 
 @pytest.fixture
@@ -103,6 +117,7 @@ async def test_metrics_add_up_the_group_across_a_restart_and_a_prompt_is_recorde
     start_cli: StartCli, fake_upstream: FakeUpstream, fresh: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     gateway = await start_group(start_cli, fake_upstream.url, tmp_path)
+    await both_answer(fresh, gateway.url)
     spool = tmp_path / "spool"
     for _ in range(20):
         await chat(fresh, gateway.url)
@@ -120,8 +135,10 @@ async def test_metrics_add_up_the_group_across_a_restart_and_a_prompt_is_recorde
         )
         assert value(scrape, "gateway_log_records_total") == 41  # 20 calls' two records, and one prompt
 
-    group = (await health(fresh, gateway.url))["workers"]
+    answer = await health(fresh, gateway.url)
+    group = answer["workers"]
     assert group["supervisor_pid"] == gateway.proc.pid and group["configured"] == group["alive"] == 2
+    assert answer["pid"] in group["pids"] and group["slot"] in (0, 1)  # which worker answered
     assert sorted(group["pids"]) == sorted(served)
     victim, survivor = group["pids"]
     os.kill(victim, signal.SIGKILL)
@@ -160,6 +177,7 @@ async def test_live_gauges_sum_over_the_workers_and_drop_with_a_dead_one(
     start_cli: StartCli, fake_upstream: FakeUpstream, fresh: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     gateway = await start_group(start_cli, fake_upstream.url, tmp_path)
+    await both_answer(fresh, gateway.url)
     streams = [asyncio.create_task(chat(fresh, gateway.url, **SLOW_STREAM)) for _ in range(6)]
     spool = tmp_path / "spool"
     await until(lambda: len(fake_upstream.requests) == 6, within=10, what="six streams upstream")
@@ -168,7 +186,6 @@ async def test_live_gauges_sum_over_the_workers_and_drop_with_a_dead_one(
     scrape = await scrape_until(fresh, gateway.url, "gateway_in_flight_requests", 6)
     assert value(scrape, "gateway_open_streams", provider="fake", model="fake-model") == 6
 
-    print("HOLDERS", holders)
     victim, _ = holders.most_common(1)[0]  # a worker holding streams
     os.kill(victim, signal.SIGKILL)
     left = 6 - holders[victim]
@@ -190,3 +207,27 @@ async def scrape_until(
             return scrape
         await asyncio.sleep(0.05)
     pytest.fail(f"{gauge} stayed at {value(scrape, gauge)}, not {expected}")
+
+
+def test_one_ledger_of_two_sharing_a_folder_claims_each_prompt_once_a_day(tmp_path: Path) -> None:
+    first, second = PromptLedger(tmp_path), PromptLedger(tmp_path)  # two workers on one spool
+    monday = 20_000 * DAY + 5
+    assert first.claim("aa", monday) and not second.claim("aa", monday + 1)
+    assert not first.claim("aa", monday + 2)  # remembered: no system call
+    assert second.claim("bb", monday) and not first.claim("bb", monday)
+    assert sorted(p.name for p in (tmp_path / "2024-10-04").iterdir()) == ["aa", "bb"]
+    # A new UTC day: the prompt is written again, into that day's folder; the last day's markers go.
+    assert second.claim("aa", monday + DAY) and not first.claim("aa", monday + DAY + 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["2024-10-05"]
+    assert first.claim("bb", monday + 3)  # a late call of yesterday counts as today's
+    assert sorted(p.name for p in (tmp_path / "2024-10-05").iterdir()) == ["aa", "bb"]
+    restarted = PromptLedger(tmp_path)  # today's markers hold for a restarted worker
+    assert not restarted.claim("aa", monday + DAY) and not restarted.claim("bb", monday + DAY)
+
+
+def test_a_ledger_whose_folder_cannot_be_written_lets_the_prompt_be_written(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    ledger = PromptLedger(tmp_path / "file")  # no folder can be made under a file
+    assert ledger.claim("aa", DAY) and not ledger.claim("aa", DAY)  # once per process, as with no folder
+    alone = PromptLedger()
+    assert alone.claim("aa", DAY) and not alone.claim("aa", DAY) and alone.claim("aa", 2 * DAY)

@@ -30,6 +30,7 @@ joined AS (
         coalesce(rq.session_id, rs.session_id) AS session_id,
         coalesce(rq.key_name, rs.key_name) AS key_name, coalesce(rs.provider, rq.provider) AS provider,
         coalesce(rs.model, rq.model) AS model, coalesce(rq.origin, rs.origin) AS origin, rq.tools_count,
+        coalesce(rq.endpoint, rs.endpoint) AS endpoint,
         rq.question, coalesce(rq.tool_results, []) AS tool_results,
         rs.status, rs.latency_ms, rs.ttft_ms, coalesce(rs.has_tool_calls, false) AS has_tool_calls,
         coalesce(rs.tool_names, []) AS tool_names,

@@ -31,6 +31,7 @@ REPORT_FIELDS = {
     "provider": "VARCHAR",
     "model": "VARCHAR",
     "origin": "VARCHAR",
+    "endpoint": "VARCHAR",
     "tools_count": "BIGINT",
     "user_question": "VARCHAR",
     "user_message_this_turn": "VARCHAR",
@@ -58,7 +59,7 @@ TEXT_CAP = 300  # questions and error messages are grouped on at most this many 
 
 REPORT_PROJECTION = f"""
     try_cast("timestamp" AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS ts, type, request_id, session_id,
-    key_name, provider, model, origin, tools_count,
+    key_name, provider, model, origin, endpoint, tools_count,
     left(coalesce(nullif(trim(user_message_this_turn), ''), user_question), {TEXT_CAP}) AS question,
     list_transform(tool_results_this_turn, lambda r: {{
         'name': r.name,

@@ -162,11 +162,14 @@ def _role(message: Any) -> str:
     return str(message.get("role")) if isinstance(message, dict) else "?"
 
 
+TEXT_PARTS = ("text", "input_text", "output_text")  # chat's and Messages' parts, and the Responses API's
+
+
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         return "\n".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") in TEXT_PARTS
         )
     return ""

@@ -1,12 +1,13 @@
 """The log recorder: records to stdout and the spool in batches; closed chunks shipped in the background.
 
-The request path only hands a finished (or starting) call over: its records are built, scrubbed and written
-on the next turn of the event loop, together with every other call's of that turn, in one write to stdout
-and one to the spool. So nothing about a record happens between a client's request and the upstream
-request, and a record is on disk within one loop turn of its call ending. It never waits on S3 and never
-fails because of logging. A field that cannot be built or written as JSON is mended or dropped and named
-in the record's `record_errors`; a spool that cannot be written sends records to stdout only, is reported,
-and is tried again a second later. The background task outlives its own errors, and `close()` runs every step.
+A request record waits for the next turn of the event loop, where it is built, scrubbed and written with
+every other record of that turn, in one write to stdout and one to the spool: nothing about a record
+happens between a client's request and the upstream request. A response record is written when its call
+is over (with whatever was queued), so a `kill -9` loses no call a client saw complete. It never waits on
+S3 and never fails because of logging. A field that cannot be built or written as JSON is mended or dropped
+and named in the record's `record_errors`; a spool that cannot be written sends records to stdout only, is
+reported, and is tried again a second later. The background task outlives its own errors; `close()` runs
+every step.
 """
 
 from __future__ import annotations
@@ -73,8 +74,13 @@ class LogRecorder:
         self._queue(call, "request")
 
     def response(self, call: Call) -> None:
-        """Queue the call's response record; never raises."""
-        self._queue(call, "response")
+        """Write the call's response record now (with whatever is queued); never raises.
+
+        It is written before a whole answer leaves (and right after a stream's last byte): a record left
+        for a later loop turn is lost to a `kill -9` that comes after the client saw its call complete.
+        """
+        self._pending.append((call, "response"))
+        self.flush()
 
     def _queue(self, call: Call, kind: str) -> None:
         self._pending.append((call, kind))

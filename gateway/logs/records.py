@@ -19,6 +19,8 @@ import orjson
 
 from gateway.calls import Call
 from gateway.config import LoggingSettings
+from gateway.dialects import dialect_of
+from gateway.limits.usage import usage_cost
 from gateway.logs.prompts import PromptLedger
 from gateway.prices import PriceTable
 
@@ -84,6 +86,7 @@ def head(call: Call, kind: str, ts: float, model: str | None) -> dict[str, Any]:
         "key_name": call.key_name,
         "endpoint": call.endpoint.label,
         "stream": call.stream,
+        "limited_by": call.limited_by,
     }
 
 
@@ -111,7 +114,9 @@ class RecordBuilder:
     def request(self, call: Call) -> list[dict[str, Any]]:
         """The request record, preceded in `full` capture by any system prompt not stored before."""
         body = call.body if isinstance(call.body, dict) else {}
-        raw_messages, tools, thinking = body.get("messages"), body.get("tools"), body.get("enable_thinking")
+        errors: list[str] = []
+        raw_messages = _try(errors, "messages", partial(_conversation, call, body), None)
+        tools, thinking = body.get("tools"), body.get("enable_thinking")
         messages = [m for m in raw_messages if isinstance(m, dict)] if isinstance(raw_messages, list) else []
         short = refused(call)
         record: dict[str, Any] = {
@@ -125,7 +130,6 @@ class RecordBuilder:
             "user_message_this_turn": None,
             "tool_results_this_turn": [],
         }
-        errors: list[str] = []
         prompts: list[dict[str, Any]] = []
         self._add_questions(record, errors, call, messages)
         if self.full and short:
@@ -215,7 +219,7 @@ class RecordBuilder:
             "latency_ms": call.latency_ms,
             "ttft_ms": call.ttft_ms if call.stream else None,
             **self._answer(call, errors),
-            "error": clip(call.error, ERROR_CHARS),
+            "error": clip(call.error or call.answer.error, ERROR_CHARS),
             "upstream_headers": _try(
                 errors, "upstream_headers", lambda: _capped_headers(call.upstream_headers), None
             ),
@@ -257,17 +261,13 @@ class RecordBuilder:
         }
 
     def _cost(self, model: str | None, usage: Mapping[str, Any] | None) -> tuple[float | None, str | None]:
-        if not usage or not isinstance(usage, Mapping):
-            return None, None
-        reported = usage.get("cost")
-        if isinstance(reported, int | float) and not isinstance(reported, bool):
-            return float(reported), "provider"
-        price = self.prices.lookup(model)
-        if price is None:
-            return None, None
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        cost = price.cost(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, cached)
-        return round(cost, 8), "price_table"
+        return usage_cost(self.prices, model, usage)
+
+
+def _conversation(call: Call, body: dict[str, Any]) -> Any:
+    """The request's messages: chat's own, or another dialect's conversation read as chat messages."""
+    dialect = dialect_of(call.endpoint)
+    return body.get("messages") if dialect is None else dialect.conversation(body)
 
 
 def _asked_tools(tool_calls: Any) -> dict[str, str]:

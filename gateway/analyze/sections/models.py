@@ -1,4 +1,4 @@
-"""Models and providers: calls, share and errors by provider, model and origin (the app calling)."""
+"""Models and providers: calls, share and errors by provider, model, API and origin (the app calling)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ GROUP BY c.origin ORDER BY 2 DESC, 1 LIMIT $limit
 
 
 def build(con: duckdb.DuckDBPyConnection, context: Context) -> Section:
-    """Calls, share and errors by provider, by model, by origin, and by origin and model."""
+    """Calls, share and errors by provider, by model, by API, by origin, and by origin and model."""
     limit = {"limit": context.limit}
     group = f"SELECT {{keys}}, {COUNTS} FROM calls GROUP BY ALL ORDER BY {{order}} LIMIT $limit"
     tables = [
@@ -35,6 +35,14 @@ def build(con: duckdb.DuckDBPyConnection, context: Context) -> Section:
             "By model",
             f"provider, model, {COUNT_COLUMNS}",
             group.format(keys="provider, model", order="3 DESC, 2, 1"),
+            limit,
+        ),
+        query_table(
+            con,
+            "endpoints",
+            "By API (chat completions, Responses, Messages, ...)",
+            f"endpoint, {COUNT_COLUMNS}",
+            group.format(keys="endpoint", order="2 DESC, 1"),
             limit,
         ),
         query_table(

@@ -1,0 +1,265 @@
+"""Admission and settlement of one call under its key's limits.
+
+At admission every limit that applies to the call (its key's, or the default's, and its model's) becomes a
+`Charge`: one request, the tokens it may use (its prompt's bytes over `prompt_bytes_per_token`, plus
+`max_completion_tokens` / `max_tokens` / `max_output_tokens`, else `completion_tokens_estimate`) and their
+price. The store admits them all or none. When the call is over, its settlement replaces each reservation by
+what was really used (the usage the upstream reported; for a call cut short without usage, the prompt and
+the text that came; for an upstream error, nothing). So the sum admitted can pass a limit only by what calls
+in flight used beyond their reservation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import LimitsUnavailable, RateLimited
+from gateway.limits.answers import refusal, usage_row
+from gateway.limits.config import MICRO, LimitSettings, Meter
+from gateway.limits.memory import MemoryStore
+from gateway.limits.plan import Plan, counter_of, meters_of
+from gateway.limits.store import Counter, Store, StoreError, Verdict
+from gateway.limits.usage import usage_cost, usage_tokens
+from gateway.limits.windows import Window, day_window, month_window
+from gateway.prices import PriceTable
+from providers.base import Endpoint
+
+if TYPE_CHECKING:
+    from gateway.calls import Call
+    from gateway.metrics import Metrics
+
+OPEN = "open"  # the key name of callers of a gateway that runs without keys
+_COMPLETION_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted call's counters and amounts, kept until its settlement."""
+
+    call_id: str
+    key_name: str
+    plan: Plan
+    counters: tuple[Counter, ...]
+    amounts: tuple[int, ...]
+    prompt_tokens: int  # the prompt's estimate, used when a call ends without usage
+    settled: bool = False
+    void: bool = False  # refused although the store may have admitted it: settled as if it used nothing
+
+
+class Limiter:
+    """Applies `LimitSettings` with one store; disabled (and free) when no limit is configured."""
+
+    def __init__(
+        self,
+        settings: LimitSettings | None = None,
+        store: Store | None = None,
+        metrics: Metrics | None = None,
+        prices: PriceTable | None = None,
+        *,
+        lease_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings or LimitSettings()
+        self.enabled = self.settings.enabled
+        self.store: Store = store or MemoryStore()
+        self.metrics = metrics
+        self.prices = prices or PriceTable()
+        self._priced = bool(self.prices.models or self.prices.prefixes)
+        self.lease_s = lease_s + 60  # a crashed replica's concurrency slots lapse after the longest call
+        self.clock = clock
+        self.store_errors = 0
+        self._plans: dict[tuple[str, str | None], Plan] = {}
+        self._calendar: tuple[float, dict[Window, tuple[str, float]]] = (0.0, {})
+        self._children: dict[tuple[str, str], Any] = {}
+        self._tokens: dict[str, Any] = {}  # the tokens counter of each key: every settlement counts there
+
+    async def admit(self, call: Call, body_bytes: int) -> dict[str, str]:
+        """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries."""
+        if not self.enabled:
+            return {}
+        key = call.key_name or OPEN
+        rule = self.model_rule(call.model) if self.settings.models else None
+        plan = self._plans.get((key, rule)) or self.plan(key, rule)
+        if not plan.meters:
+            return {}
+        now = self.clock()
+        prompt, completion = self._reservation(call, body_bytes)
+        cost = self._price(call.model, prompt, completion) if plan.counts_cost else 0
+        counters = (
+            plan.counters if plan.second == int(now) else plan.counters_at(now, self.lease_s, self._window)
+        )
+        amounts = plan.amounts(1, prompt + completion, cost)
+        call.ticket = ticket = Ticket(call.request_id, key, plan, counters, amounts, prompt)
+        try:
+            verdict = await self.store.admit(call.request_id, counters, amounts, now)
+        except StoreError:
+            self.count_store_error("admit")
+            if self.settings.on_store_error == "allow":
+                return {}  # let through unaccounted; the settlement still applies if the store did admit it
+            ticket.void = True  # had the store admitted it after all, its settlement takes it all back
+            call.limited_by = "limits.on_store_error"
+            raise LimitsUnavailable("The limits store cannot be reached; try again shortly.") from None
+        admitted = verdict.refused < 0
+        headers = plan.headers(verdict.used, amounts, admitted)
+        if not admitted:
+            call.ticket = None
+            raise self._refusal(call, key, plan, amounts, verdict, headers)
+        return headers
+
+    def settle(self, call: Call) -> None:
+        """Replace the call's reservations by what it used, free its slots; once per call."""
+        ticket = call.ticket
+        if ticket is None or ticket.settled:
+            return
+        ticket.settled = True
+        if ticket.void:
+            self.store.settle(ticket.call_id, ticket.counters, [-a for a in ticket.amounts], self.clock())
+            return
+        prompt, completion, total = self._used_tokens(call, ticket)
+        usage = call.answer.usage
+        priced = self._priced or ticket.plan.counts_cost or (isinstance(usage, dict) and "cost" in usage)
+        cost = self._cost(call, prompt, completion) if priced else 0
+        used = ticket.plan.amounts(1, total, cost)
+        deltas = [u - a for u, a in zip(used, ticket.amounts, strict=True)]
+        self.store.settle(ticket.call_id, ticket.counters, deltas, self.clock())
+        if self.metrics is not None:
+            tokens = self._tokens.get(ticket.key_name) or self._child("tokens", ticket.key_name)
+            tokens.inc(total)
+            if cost:
+                self._child("cost", ticket.key_name).inc(cost / MICRO)
+
+    async def usage(self, key: str) -> dict[str, object]:
+        """What `key` has used of each of its limits (its model rules' included), and what is left."""
+        meters = self._key_meters(key)
+        for rule in self.settings.models:
+            meters += self._model_meters(key, rule)
+        now = self.clock()
+        counters = [counter_of(m, now, self.lease_s, self._window) for m in meters]
+        used = await self.store.read(counters, now) if counters else ()
+        rows = [usage_row(m, c, u, now) for m, c, u in zip(meters, counters, used, strict=True)]
+        return {"object": "usage", "key_name": key, "store": self.store.name, "limits": rows}
+
+    def plan(self, key: str, model_rule: str | None) -> Plan:
+        """The plan of `key`'s calls to a model of `model_rule`, made once per pair."""
+        found = self._plans.get((key, model_rule))
+        if found is None:
+            meters = self._key_meters(key)
+            if model_rule is not None:
+                meters += self._model_meters(key, model_rule)
+            found = self._plans[key, model_rule] = Plan(meters)
+        return found
+
+    def model_rule(self, model: str | None) -> str | None:
+        """The `models` entry for `model`: the longest that is a prefix of it (an exact id included)."""
+        if not model or not self.settings.models:
+            return None
+        matches = [rule for rule in self.settings.models if model.startswith(rule)]
+        return max(matches, key=len) if matches else None
+
+    def _key_meters(self, key: str) -> tuple[Meter, ...]:
+        rule, label = self.settings.keys.get(key), f"keys.{key}"
+        if rule is None:
+            rule, label = self.settings.default, "default"
+        return () if rule is None else meters_of(rule, label, f"{self.settings.key_prefix}:k={key}", None)
+
+    def _model_meters(self, key: str, model_rule: str) -> tuple[Meter, ...]:
+        rule = self.settings.models[model_rule]
+        counters = f"{self.settings.key_prefix}:k={key}|m={model_rule}"
+        return meters_of(rule, f"models.{model_rule}", counters, model_rule)
+
+    def _reservation(self, call: Call, body_bytes: int) -> tuple[int, int]:
+        """Tokens reserved: the prompt's estimate, and the completion's."""
+        if call.endpoint is Endpoint.COUNT_TOKENS:
+            return 0, 0  # counting a prompt's tokens uses none
+        prompt = math.ceil(body_bytes / self.settings.prompt_bytes_per_token)
+        if call.endpoint is Endpoint.EMBEDDINGS:
+            return prompt, 0
+        body = call.body or {}
+        for name in _COMPLETION_FIELDS:
+            value = body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return prompt, value
+        return prompt, self.settings.completion_tokens_estimate
+
+    def _price(self, model: str | None, prompt: int, completion: int) -> int:
+        price = self.prices.lookup(model)
+        return 0 if price is None else math.ceil(price.cost(prompt, completion) * MICRO)
+
+    def _window(self, window: Window, now: float) -> tuple[str, float]:
+        """The day or month `now` falls in, worked out once a day."""
+        until, windows = self._calendar
+        if now >= until or now < until - 86400:
+            windows = {Window.DAY: day_window(now), Window.MONTH: month_window(now)}
+            self._calendar = (windows[Window.DAY][1], windows)
+        return windows[window]
+
+    def _used_tokens(self, call: Call, ticket: Ticket) -> tuple[int, int, int]:
+        """(prompt, completion, total) tokens used: as reported, else estimated from what came back."""
+        reported = usage_tokens(call.answer.usage)
+        if reported is not None:
+            return reported
+        if call.endpoint is Endpoint.COUNT_TOKENS:
+            return 0, 0, 0
+        # Cut short (a client gone, a stream broken off): what the upstream had begun counts. An error status
+        # the upstream chose, or one from before it was reached: nothing was generated.
+        if call.client_disconnected or (call.status < 400 and (call.answer.kept or call.first_byte)):
+            completion = math.ceil(call.answer.kept / self.settings.prompt_bytes_per_token)
+            return ticket.prompt_tokens, completion, ticket.prompt_tokens + completion
+        return 0, 0, 0
+
+    def _cost(self, call: Call, prompt: int, completion: int) -> int:
+        usage = call.answer.usage
+        if usage is None and prompt + completion:
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+        cost, _ = usage_cost(self.prices, call.model, usage)
+        return 0 if cost is None else round(cost * MICRO)
+
+    def _refusal(
+        self,
+        call: Call,
+        key: str,
+        plan: Plan,
+        amounts: tuple[int, ...],
+        verdict: Verdict,
+        headers: dict[str, str],
+    ) -> RateLimited:
+        i = verdict.refused
+        meter = plan.meters[i]
+        call.limited_by = meter.label
+        if self.metrics is not None:
+            self._child("refusals", key, meter.label).inc()
+        error = refusal(key, meter, plan.counters[i], amounts[i], verdict, self.clock())
+        error.headers = {**headers, **(error.headers or {})}
+        return error
+
+    def count_store_error(self, operation: str) -> None:
+        """Count a store operation that failed."""
+        self.store_errors += 1
+        if self.metrics is not None:
+            self._child("store_errors", operation).inc()
+
+    def _child(self, name: str, *labels: str) -> Any:
+        """A metric's child for `labels`, looked up once: labels come from config, so they are few."""
+        found = self._children.get((name, *labels))  # type: ignore[arg-type]
+        if found is None:
+            assert self.metrics is not None
+            metric = {
+                "tokens": self.metrics.key_tokens,
+                "cost": self.metrics.key_cost,
+                "refusals": self.metrics.limit_refusals,
+                "store_errors": self.metrics.limit_store_errors,
+            }[name]
+            found = self._children[(name, *labels)] = metric.labels(*labels)  # type: ignore[index]
+            if name == "tokens":
+                self._tokens[labels[0]] = found
+        return found
+
+    def health(self) -> dict[str, object]:
+        """What /health shows of the limits: the store, and whether it is failing."""
+        if not self.enabled:
+            return {"enabled": False}
+        return {"enabled": True, **self.store.health(), "store_errors": self.store_errors}
