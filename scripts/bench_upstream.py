@@ -7,8 +7,9 @@ serialised once per shape, and records nothing.
 
 Stream shape per request, from optional body fields (the gateway forwards the client's bytes unchanged):
 `mock_chunks` content chunks (default 20), `mock_chunk_delay_ms` between them (default 0: one write),
-`mock_latency_ms` before the headers, and `mock_close` to close the connection after the answer (thousands
-of held streams would otherwise stay behind as idle pooled connections, holding descriptors for a minute).
+`mock_latency_ms` before the headers, `mock_pause_ms` after the first chunk (a stream open and silent), and
+`mock_close` to close the connection after the answer (thousands of held streams would otherwise stay behind
+as idle pooled connections, holding descriptors for a minute).
 Each stream is a role chunk, `tok0 ` .. `tok<N-1> ` content chunks, a finish chunk, a usage chunk
 (`choices: []`) and `data: [DONE]`.
 
@@ -81,16 +82,18 @@ async def handle(request: web.BaseRequest) -> web.StreamResponse:
     if not body.get("stream"):
         return web.Response(body=completion(model), content_type="application/json")
     chunks, delay_ms = int(body.get("mock_chunks", 20)), body.get("mock_chunk_delay_ms", 0)
-    return await _stream(request, model, chunks, delay_ms, bool(body.get("mock_close")))
+    pause = float(body.get("mock_pause_ms", 0)) / 1000
+    return await _stream(request, model, (chunks, delay_ms, pause), bool(body.get("mock_close")))
 
 
 async def _stream(
-    request: web.BaseRequest, model: str, chunks: int, delay_ms: float, close: bool
+    request: web.BaseRequest, model: str, shape: tuple[int, float, float], close: bool
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     if close:
         response.force_close()
     await response.prepare(request)
+    chunks, delay_ms, pause = shape
     events = stream_events(model, max(0, chunks))
     delay = float(delay_ms) / 1000
     if delay <= 0:
@@ -100,6 +103,8 @@ async def _stream(
         # token per delay; finish, usage and [DONE] leave together after the last one.
         head = 2 if chunks else 1
         await response.write(b"".join(events[:head]))
+        if pause > 0:
+            await asyncio.sleep(pause)
         for event in events[head : chunks + 1]:
             await asyncio.sleep(delay)
             await response.write(event)

@@ -10,13 +10,14 @@ every side. Phases:
   latency   non-streaming, concurrency 1 and 32: p50/p99 added over direct and over the floor, requests/s,
             CPU ms per request (/proc utime+stime of the process tree over the c=32 phase)
   streams   streaming at concurrency 16, 20 chunks 5 ms apart: time to first chunk p50/p99
-  hold      8,000 streams (10 chunks 400 ms apart) streaming at once through each target in turn, direct
-            first: none stalled or incomplete, gaps between chunks, peak RSS and descriptors
+  hold      8,000 streams (10 chunks 400 ms apart) open and streaming at once through each target in turn,
+            direct first: none stalled or incomplete, gaps between chunks, peak RSS, CPU and descriptors
   logging   fresh gateways with logging off, summary and full, and the floor, interleaved
 
 Then every target is printed with whether this run met it. Modules: `processes` (starting and reading
-processes), `targets` (the upstream, floor and gateways), `load` (closed loops), `hold`, `phases`, `goals`,
-`report`, `cli`; `passthrough` is the floor's server and `traced` the gateway under tracemalloc.
+processes), `targets` (the upstream, floor and gateways), `load` (closed loops), `wire` and `hold` (the
+hold's client and phase), `phases`, `limits` (the cost of rate limits), `goals`, `report`, `cli`;
+`passthrough` is the floor's server and `traced` the gateway under tracemalloc.
 
 Usage: python scripts/bench.py [--quick] [--json] [--logging off|summary|full] [--streams N] [--peers FILE]
 """

@@ -121,9 +121,8 @@ def tree(root: Path) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
 
     paths = ("gateway", "providers")
-    changed = (
-        git("diff", "--quiet", "HEAD", "--", *paths).returncode or git("ls-files", "-o", "--", *paths).stdout
-    )
+    edited = git("diff", "--quiet", "HEAD", "--", *paths).returncode
+    changed = edited or git("ls-files", "--others", "--exclude-standard", "--", *paths).stdout
     return git("rev-parse", "--short", "HEAD").stdout.strip() + (" with local changes" if changed else "")
 
 

@@ -1,9 +1,10 @@
 """The hold phase: thousands of slow streams open at once, through one target, with its memory watched.
 
 Streams are sent at a bounded rate (a burst of thousands of connects would overflow the listen backlog and
-measure SYN retries instead). Each asks the upstream to wait before answering until every stream has been
-sent, plus a random fraction of one chunk interval, so all of them stream at the same time while their
-chunks stay spread evenly over the interval, as independent clients' would.
+measure SYN retries instead). Each gets its headers and first chunk at once, then asks the upstream to pause
+until every stream has been sent, plus a random fraction of one chunk interval: all of them are open at the
+same time, and then stream with their chunks spread evenly over the interval, as independent clients' would.
+The gap after the pause is not counted; the cost of starting a stream falls in the ramp, not in the gaps.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from bench.load import Target, percentile, request_body
 from bench.processes import Server, cpu_seconds, open_fds
 from bench.wire import WHOLE_END, Stream, connect, http_request
 
-SETTLE_S = 2.0  # between the last stream sent and the first chunk due: the last ones reach the upstream
+SETTLE_S = 2.0  # between the last stream sent and the first paced chunk: the last ones get their first
 GRACE_S = 20.0  # a stream not finished this long after its last chunk was due is stalled
 WATCH_EVERY_S = 0.5
 COUNTS = ("complete", "incomplete", "failed", "stalled", "seconds")
@@ -120,9 +121,9 @@ async def open_streams(target: Target, shape: HoldShape, tally: Tally, start_at:
         ahead = tally.start + i / shape.open_per_s - time.monotonic()
         if ahead > 0.005:
             await asyncio.sleep(ahead)
-        wait_ms = (start_at - time.monotonic()) * 1000 + jitter.uniform(0, shape.delay_ms)
+        pause_ms = (start_at - time.monotonic()) * 1000 + jitter.uniform(0, shape.delay_ms)
         body = request_body(
-            True, shape.chunks, shape.delay_ms, wait_ms, close=True, history_kb=shape.history_kb
+            True, shape.chunks, shape.delay_ms, pause_ms, close=True, history_kb=shape.history_kb
         )
         streams.append(Stream(http_request(target.url, target.headers, body), tally))
         connects.append(asyncio.create_task(connect(streams[-1], target.url)))
@@ -160,7 +161,7 @@ async def hold_streams(
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
     out = summary(tally, stalled, ramp_s) | memory(target, before, peaks, tally.peak)
-    out |= cpu(used, streaming_s, (tally.complete + tally.incomplete) * (shape.chunks + 1))
+    out |= cpu(used, streaming_s, (tally.complete + tally.incomplete) * shape.chunks)  # paced writes
     if open_at_snapshot is not None:
         out["open_at_snapshot"] = open_at_snapshot
     return out | {"seconds": time.monotonic() - tally.start}

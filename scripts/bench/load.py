@@ -72,7 +72,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def request_body(
-    stream: bool, chunks: int = 0, delay_ms: float = 0.0, latency_ms: float = 0.0, close: bool = False,
+    stream: bool, chunks: int = 0, delay_ms: float = 0.0, pause_ms: float = 0.0, close: bool = False,
     history_kb: int = 0,
 ) -> bytes:  # fmt: skip
     """A chat completion request; the mock_* fields shape the bench upstream's answer.
@@ -85,8 +85,8 @@ def request_body(
     if stream:  # asking for usage ourselves means the gateway forwards our bytes unchanged
         body |= {"stream": True, "stream_options": {"include_usage": True}}
         body |= {"mock_chunks": chunks, "mock_chunk_delay_ms": delay_ms}
-    if latency_ms > 0:
-        body["mock_latency_ms"] = round(latency_ms, 1)
+    if pause_ms > 0:
+        body["mock_pause_ms"] = round(pause_ms, 1)
     if close:
         body["mock_close"] = True
     return orjson.dumps(body)

@@ -36,7 +36,7 @@ def http_request(url: str, headers: dict[str, str], body: bytes) -> bytes:
 
 
 class Stream(asyncio.Protocol):
-    """One streamed call: the request goes out on connect, every read after the headers is timed."""
+    """One streamed call: the request goes out on connect, every read after the first two is timed."""
 
     def __init__(self, request: bytes, tally: Tally) -> None:
         self.request, self.tally = request, tally
@@ -64,10 +64,10 @@ class Stream(asyncio.Protocol):
                 return self.finish(f"HTTP {self.status}")
             if not data:
                 return None
-        if self.parts:
-            self.tally.gap(now - self.last)
-        else:
+        if not self.parts:
             self.tally.opened(now)
+        elif len(self.parts) > 1:  # the first gap is the pause every stream was asked for
+            self.tally.gap(now - self.last)
         self.last = now
         self.parts.append(data)
         tail = self.tail + data
