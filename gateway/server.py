@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -55,6 +57,10 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
     drain_s = gw.config.server.drain_timeout_s
     runner = make_runner(app)
     await runner.setup()
+    _raise_open_files_limit()
+    # Everything built so far lives as long as the process: keep it out of every full collection, whose
+    # pauses otherwise grow with start-up objects while thousands of streams wait on the loop.
+    gc.freeze()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=2048, shutdown_timeout=drain_s)
     await site.start()
     stop = asyncio.Event()
@@ -82,6 +88,14 @@ def check_port(host: str, port: int) -> None:
             if family == socket.AF_INET6:
                 probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             probe.bind(address)
+
+
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: each stream holds two, and a pod cannot set it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run(app_factory: AppFactory, host: str, port: int, workers: int) -> int:
