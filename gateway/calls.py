@@ -38,11 +38,13 @@ class Fold(Protocol):
     def body(self, answer: Answer, body: dict[str, Any]) -> bool: ...
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
+    """`value` when it is an object, else an empty one: upstream JSON is read without trusting its types."""
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """`value` when it is an array, else an empty one."""
     return value if isinstance(value, list) else []
 
 
@@ -110,7 +112,7 @@ class Answer:
     def _add_delta(self, delta: Any, text: Any) -> bool:
         """Fold a delta (or message); True when a part of it had the wrong type."""
         odd = delta is not None and not isinstance(delta, dict)
-        delta = _dict(delta)
+        delta = as_dict(delta)
         content = delta.get("content") or text
         if content:
             odd = self._keep(self.content, content) or odd
@@ -119,7 +121,7 @@ class Answer:
             odd = self._keep(self.reasoning, reasoning) or odd
         calls = delta.get("tool_calls")
         odd = odd or (calls is not None and not isinstance(calls, list))
-        for call in _list(calls):
+        for call in as_list(calls):
             odd = self._add_tool_call(call) or odd
         return odd
 
@@ -132,7 +134,7 @@ class Answer:
         parts = self.tool_calls.get(index) or self.new_tool_call(index)
         if parts is None:
             return False
-        function = _dict(call.get("function"))
+        function = as_dict(call.get("function"))
         name = _str(function.get("name"))
         if name and len(parts.name) < NAME_KEPT:
             parts.name = (parts.name + name)[:NAME_KEPT]
@@ -189,8 +191,8 @@ class Answer:
         upstream_id, usage = body.get("id"), body.get("usage")
         self.upstream_id = upstream_id if isinstance(upstream_id, str) else None
         self.usage = usage if isinstance(usage, dict) else None
-        choices = _list(body.get("choices"))
-        first = _dict(choices[0]) if choices else {}
+        choices = as_list(body.get("choices"))
+        first = as_dict(choices[0]) if choices else {}
         reason = first.get("finish_reason")
         self.finish_reason = reason if isinstance(reason, str) else None
         odd = self._add_delta(first.get("message"), first.get("text"))

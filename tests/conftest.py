@@ -11,10 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -22,6 +22,7 @@ import pytest
 import yaml
 from aiohttp import web
 from fake_upstream import FakeUpstream
+from gateway_process import UpstreamThread
 
 from gateway.app import create_app
 from gateway.auth import KeyRing
@@ -29,6 +30,9 @@ from gateway.calls import Call
 from gateway.config import parse_config
 from gateway.server import make_runner
 from gateway.state import GATEWAY, Gateway
+
+if TYPE_CHECKING:
+    from moto_s3 import S3
 
 ROOT = Path(__file__).resolve().parents[1]
 PROXY_KEY = "test-proxy-key"
@@ -82,6 +86,24 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
     async with serving(fake.app) as url:
         fake.url = url
         yield fake
+
+
+@pytest.fixture
+def upstream() -> Iterator[UpstreamThread]:
+    """The fake upstream on a thread of its own, for tests that drive a gateway subprocess synchronously."""
+    server = UpstreamThread()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3() -> Iterator[S3]:
+    """A real S3 API (moto's server mode) on loopback, with a fresh bucket."""
+    from moto_s3 import S3  # moto is heavy: only the tests that need S3 import it
+
+    server = S3().start()
+    yield server
+    server.stop()
 
 
 class ListRecorder:

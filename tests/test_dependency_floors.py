@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -109,20 +108,6 @@ def test_the_floors_are_what_got_installed(floor_venv: Path) -> None:
     names = [r.name for r in requirements]
     installed = orjson.loads(run([str(floor_venv / "bin" / "python"), "-c", script, *names]))
     assert {n: Version(v) for n, v in installed.items()} == {r.name: floor(r) for r in requirements}
-
-
-@pytest.fixture
-def upstream() -> Iterator[UpstreamThread]:
-    server = UpstreamThread()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def s3() -> Iterator[S3]:
-    server = S3().start()
-    yield server
-    server.stop()
 
 
 def test_the_gateway_relays_and_records_on_the_floors(

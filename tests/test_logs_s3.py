@@ -8,31 +8,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from gateway_process import PROVIDER_KEY, PROXY_KEY, GatewayProcess, UpstreamThread, fake_config
 from moto_s3 import S3
 
 AUTH = {"Authorization": f"Bearer {PROXY_KEY}"}
-
-
-@pytest.fixture
-def upstream() -> Iterator[UpstreamThread]:
-    server = UpstreamThread()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def s3() -> Iterator[S3]:
-    server = S3().start()
-    yield server
-    server.stop()
 
 
 def gateway(tmp_path: Path, upstream: UpstreamThread, env: dict[str, str], **logging: Any) -> GatewayProcess:

@@ -35,14 +35,6 @@ def _forwardable(value: str) -> bool:
     return len(value) <= HEADER_VALUE_CAP and value.isascii() and value.isprintable()
 
 
-def as_dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 def as_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 

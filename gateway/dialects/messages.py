@@ -14,14 +14,12 @@ from typing import Any
 
 import orjson
 
-from gateway.calls import Answer
+from gateway.calls import Answer, as_dict, as_list
 from gateway.dialects.base import (
     Dialect,
     Message,
     add_tool_call,
-    as_dict,
     as_int,
-    as_list,
     chat_usage,
     final_arguments,
     name_tool,
