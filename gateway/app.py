@@ -80,6 +80,11 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=settings.max_connections, ttl_dns_cache=300, keepalive_timeout=60)
     # No cookie jar: an upstream's cookies must never pass from one client's call to another's.
     jar = aiohttp.DummyCookieJar()
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=jar, raise_for_status=False) as session:
+    # Connecting is bounded here; waiting for an answer is bounded per call by `Upstream` (first byte,
+    # silence, deadline), so the session's own total (300 s by default) must not cut a long call short.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=jar, raise_for_status=False, timeout=timeout
+    ) as session:
         gw.upstream = Upstream(session, settings, gw.metrics, gw.scrubber)
         yield

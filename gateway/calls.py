@@ -91,37 +91,52 @@ class Answer:
     def _fold_chunk(self, chunk: dict[str, Any]) -> bool:
         """Fold a parsed chunk; True when some part of it had a shape that could not be read."""
         odd = False
-        upstream_id = chunk.get("id")
-        self.upstream_id = self.upstream_id or (upstream_id if isinstance(upstream_id, str) else None)
-        usage = chunk.get("usage")
-        if usage:
+        if not self.upstream_id:
+            upstream_id = chunk.get("id")
+            self.upstream_id = upstream_id if isinstance(upstream_id, str) else None
+        if usage := chunk.get("usage"):
             odd = not isinstance(usage, dict)
-            self.usage = usage if isinstance(usage, dict) else self.usage
+            self.usage = self.usage if odd else usage
         choices = chunk.get("choices")
-        if choices is not None and not isinstance(choices, list):
-            return True
-        for choice in choices or ():
+        if not isinstance(choices, list):
+            return choices is not None or odd
+        for choice in choices:
             if not isinstance(choice, dict):
                 odd = True
             elif choice.get("index", 0) == 0:
-                odd = self._add_delta(choice.get("delta"), choice.get("text")) or odd
+                delta = choice.get("delta")
+                # Most chunks carry one piece of text and nothing else: kept at once, without reading on.
+                if not (type(delta) is dict and len(delta) == 1 and self._kept_quickly(delta.get("content"))):
+                    odd = self._add_delta(delta, choice.get("text")) or odd
                 reason = choice.get("finish_reason")
-                self.finish_reason = reason if isinstance(reason, str) and reason else self.finish_reason
+                if reason and isinstance(reason, str):
+                    self.finish_reason = reason
         return odd
+
+    def _kept_quickly(self, content: Any) -> bool:
+        """Keep `content` when it is text with room for it (and say so); anything else is left to `_keep`."""
+        if type(content) is not str or not content or len(content) > self.keep - self.kept:
+            return False
+        self.content.append(content)
+        self.kept += len(content)
+        return True
 
     def _add_delta(self, delta: Any, text: Any) -> bool:
         """Fold a delta (or message); True when a part of it had the wrong type."""
-        odd = delta is not None and not isinstance(delta, dict)
-        delta = as_dict(delta)
-        content = delta.get("content") or text
-        if content:
+        if not isinstance(delta, dict):
+            odd, delta = delta is not None, {}
+        else:
+            odd = False
+        if (content := delta.get("content") or text) and not self._kept_quickly(content):
             odd = self._keep(self.content, content) or odd
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if reasoning:
+        if reasoning := delta.get("reasoning_content") or delta.get("reasoning"):
             odd = self._keep(self.reasoning, reasoning) or odd
         calls = delta.get("tool_calls")
-        odd = odd or (calls is not None and not isinstance(calls, list))
-        for call in as_list(calls):
+        if calls is None:
+            return odd
+        if not isinstance(calls, list):
+            return True
+        for call in calls:
             odd = self._add_tool_call(call) or odd
         return odd
 

@@ -9,7 +9,6 @@ too, before the app could take it for plain bytes. `EdgeRunner` serves an app th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, LineTooLong
 
 from gateway.errors import error_body
+from gateway.ids import request_id
 
 SERVER_NAME = "open-llm-proxy"  # no versions: they only help someone matching a target to an exploit
 # aiohttp decodes a body in exactly one of these, or refuses it in the parser when the codec is missing.
@@ -40,7 +40,7 @@ class EdgeError:
         """The answer, closing the connection: after a framing error the next request cannot be trusted."""
         body = orjson.dumps(error_body(self.message, self.type, code=self.code))
         # Every answer names itself, even one no handler saw: the id is what an operator asks a user for.
-        headers = {hdrs.SERVER: SERVER_NAME, hdrs.CONNECTION: "close", "X-Request-Id": os.urandom(16).hex()}
+        headers = {hdrs.SERVER: SERVER_NAME, hdrs.CONNECTION: "close", "X-Request-Id": request_id()}
         response = web.Response(
             status=self.status, body=body, content_type="application/json", headers=headers
         )

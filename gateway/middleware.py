@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import orjson
 from aiohttp import web
 
 from gateway.cors import Handler
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge, error_body
+from gateway.ids import request_id
 from gateway.state import REQUEST_ID
 
 log = logging.getLogger("gateway")
@@ -29,7 +29,7 @@ def error_response(error: GatewayError) -> web.Response:
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request its id, and render whatever goes wrong in OpenAI's error shape."""
-    request[REQUEST_ID] = os.urandom(16).hex()
+    request[REQUEST_ID] = request_id()
     try:
         return await handler(request)
     except GatewayError as exc:

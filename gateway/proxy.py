@@ -83,17 +83,25 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
         call.answer.fold = dialect.fold()
     gw.in_flight += 1
     try:
-        return await _proxy(gw, request, call)
+        response = await _proxy(gw, request, call)
     except GatewayError as exc:
         call.status, call.error = exc.status, exc.message
+        gw.finish(call)
+        await gw.recorded()  # the error leaves once its records are written
         raise
-    except (asyncio.CancelledError, ConnectionResetError):
-        call.client_disconnected = True
-        call.status = call.status or 499  # nginx's "client closed request"
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError | ConnectionResetError):
+            call.client_disconnected = True
+            call.status = call.status or 499  # nginx's "client closed request"
+        gw.finish(call)
         raise
+    else:
+        gw.finish(call)
+        if not response.prepared:  # a whole answer leaves once its records are written; a stream has left
+            await gw.recorded()
+        return response
     finally:
         gw.in_flight -= 1
-        gw.finish(call)
 
 
 async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
@@ -135,8 +143,11 @@ async def _read_body(request: web.Request, endpoint: Endpoint) -> tuple[bytes, d
     """The raw body and its parsed JSON object, read within the body timeout."""
     server = request.app[GATEWAY].config.server
     try:
-        async with asyncio.timeout(server.body_timeout_s):
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(server.body_timeout_s):
+                raw = await request.read()
     except TimeoutError as exc:
         raise RequestTimeout(f"The request body did not arrive within {server.body_timeout_s:g} s.") from exc
     except web.HTTPRequestEntityTooLarge as exc:

@@ -19,9 +19,12 @@ _KEY_LIKE = re.compile(
     # DuckDB secrets: KEY_ID 'x', SECRET 'y'
     r"|((?:KEY_ID|SECRET)\s+')[^']{4,}"
 )
-_KEY_LIKE_BYTES = re.compile(_KEY_LIKE.pattern.encode())
+# In a serialized record a DuckDB literal left open ends with its JSON string: what follows is not its.
+_KEY_LIKE_BYTES = re.compile(
+    _KEY_LIKE.pattern.removesuffix("[^']{4,}").encode() + rb"""(?:[^'"\\]|\\.){4,}"""
+)
 # A literal (lower case) that every match of _KEY_LIKE contains. The regex has no fixed prefix, so it is tried
-# at every byte of a line; these substring checks are ~10x cheaper and let most records skip it entirely.
+# at every byte of a line; a search for these is many times cheaper and lets most records skip it entirely.
 _TRIGGERS = (
     b"bearer",
     b"sk-",
@@ -39,6 +42,35 @@ _TRIGGERS = (
     b'token\\"',
     b"key_id",
 )
+# Characters from the rarest in records and prose on: each trigger is searched for from the first of these it
+# holds. A regex whose every branch starts with one literal is searched by a quick scan for those characters
+# alone; at the few places holding one, a branch reads on to the end of its trigger and only then looks back
+# at its start, so most places cost a comparison or two.
+_RARE = b"\\w3b-kc"
+
+
+def _from_rarest(trigger: bytes) -> bytes:
+    """A regex for `trigger` that starts at its rarest character, reads on to its end, then looks back."""
+
+    def rarity(at: int) -> int:
+        found = _RARE.find(trigger[at : at + 1])
+        return len(_RARE) if found < 0 else found
+
+    at = min(range(len(trigger)), key=rarity)
+    regex = re.escape(trigger[at:])
+    return regex + b"(?<=" + re.escape(trigger) + b")" if at else regex
+
+
+_TRIGGER = re.compile(b"|".join(_from_rarest(t) for t in _TRIGGERS))
+
+
+def may_hold_key(data: bytes) -> bool:
+    """Whether `data` holds a trigger, so that it may hold a key-like string: False means it holds none."""
+    return _TRIGGER.search(data.lower()) is not None
+
+
+def _keys_replaced(line: bytes) -> bytes:
+    return _KEY_LIKE_BYTES.sub(_keep_label(bytes), line) if may_hold_key(line) else line
 
 
 def _keep_label(kind: type) -> Any:
@@ -233,11 +265,22 @@ class Scrubber:
 
     def line(self, value: bytes) -> bytes:
         """A serialized record with secrets and key-like strings replaced (one pass over the whole line)."""
-        value = self.stream(value)
-        lowered = value.lower()
-        if not any(trigger in lowered for trigger in _TRIGGERS):
-            return value
-        return _KEY_LIKE_BYTES.sub(_keep_label(bytes), value)
+        return _keys_replaced(self.stream(value))
+
+    def lines(self, batch: bytes, chosen: bytes) -> bytes:
+        """Serialized records, one a line, with secrets and key-like strings replaced.
+
+        Only `chosen` is searched for a trace of either: the values of the records that clients and upstreams
+        chose, serialized alike (the fields the gateway made itself cannot hold one). A known secret whose
+        anchor `chosen` holds is replaced throughout `batch`; when `chosen` may hold a key-like string, each
+        line of `batch` is searched for one on its own.
+        """
+        for finder in self._in_bytes:
+            if finder.anchor in chosen:  # always true for a secret without an anchor
+                batch = _redact(batch, finder)
+        if not may_hold_key(chosen):
+            return batch
+        return b"\n".join(_keys_replaced(line) for line in batch.split(b"\n"))
 
     def raw(self, value: bytes) -> bytes:
         """Known secrets replaced in raw bytes (cheap: used on every upstream error body)."""

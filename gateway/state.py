@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,6 +26,9 @@ class Recorder(Protocol):
 
     def response(self, call: Call) -> None: ...
 
+    def written(self) -> asyncio.Future[None] | None:
+        """A future done once every record queued so far is written; None when none is waiting."""
+
     def health(self) -> dict[str, object]: ...
 
 
@@ -36,6 +40,9 @@ class NullRecorder:
 
     def response(self, call: Call) -> None:
         pass
+
+    def written(self) -> asyncio.Future[None] | None:
+        return None
 
     def health(self) -> dict[str, object]:
         return {"enabled": False}
@@ -73,6 +80,12 @@ class Gateway:
         ttfb = None if call.first_byte is None else call.first_byte - call.started
         self.metrics.observe_call(call.provider or "none", model, call.status, call.latency_ms / 1000, ttfb)
         self.limits.settle(call)
+
+    async def recorded(self) -> None:
+        """Wait (at most a loop turn) until every record queued so far is written."""
+        written = self.recorder.written()
+        if written is not None:
+            await written
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

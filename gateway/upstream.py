@@ -41,16 +41,32 @@ class Upstream:
         self.metrics = metrics
         self.scrubber = scrubber
 
-    def _timeout(self, deadline: float) -> aiohttp.ClientTimeout:
-        """Connect and first-byte timeouts, and the call's deadline as the total (it covers the body too)."""
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str], deadline: float
+    ) -> aiohttp.ClientResponse:
+        """POST and wait for the answer's headers, under one timer: the first-byte timeout or the deadline.
+
+        One `call_later` per attempt, cancelling this task when it fires, is what `asyncio.timeout` does
+        without its context-manager machinery; aiohttp's own per-request timeouts would add a total timer
+        and a read timer re-armed on every chunk. The body is watched by `IdleWatch` instead.
+        """
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             raise UpstreamTimeout("The call reached its deadline before the provider answered.")
-        return aiohttp.ClientTimeout(
-            total=remaining,
-            sock_connect=self.settings.connect_timeout_s,
-            sock_read=self.settings.first_byte_timeout_s,
+        task = asyncio.current_task()
+        assert task is not None  # always: the gateway's coroutines run as tasks
+        expiry = _Expiry(task)
+        handle = asyncio.get_running_loop().call_later(
+            min(remaining, self.settings.first_byte_timeout_s), expiry.fire
         )
+        try:
+            return await self.session.post(url, data=body, headers=headers, allow_redirects=False)
+        except asyncio.CancelledError:
+            if expiry.fired and expiry.task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
 
     async def send(
         self, request: UpstreamRequest, provider: str, deadline: float, *, retry: bool = True
@@ -65,13 +81,7 @@ class Upstream:
         headers = {**request.headers, "Accept-Encoding": "identity"}
         for attempt in range(1, attempts + 1):
             try:
-                response = await self.session.post(
-                    request.url,
-                    data=request.body,
-                    headers=headers,
-                    timeout=self._timeout(deadline),
-                    allow_redirects=False,
-                )
+                response = await self._post(request.url, request.body, headers, deadline)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 failure = self._failure(exc, provider, deadline)
                 if attempt == attempts:
@@ -116,10 +126,10 @@ class Upstream:
         self, response: aiohttp.ClientResponse, provider: str, deadline: float
     ) -> AsyncIterator[bytes]:
         """The response body as it arrives; a silence longer than idle_timeout_s raises UpstreamTimeout,
-        and so does reaching the call's deadline (enforced by the request's total timeout)."""
+        and so does reaching the call's deadline."""
         idle = self.settings.idle_timeout_s
         read = response.content.readany
-        watch = IdleWatch(response, idle)
+        watch = IdleWatch(response, idle, deadline)
         now = watch.loop.time
         try:
             while True:
@@ -179,32 +189,50 @@ class Upstream:
         return None
 
 
+class _Expiry:
+    """The timer side of `Upstream._post`: cancels the waiting task, and remembers that it did."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
 class IdleWatch:
-    """Fails a response's pending read with TimeoutError once the upstream was silent for `seconds`.
+    """Fails a response's pending read with TimeoutError once the upstream was silent for `seconds`, or
+    at the call's deadline.
 
     One timer per response that re-arms itself when it finds the reader was not waiting that long, so the
     read loop only stamps `waiting_since` around each read: an `asyncio.timeout` around every chunk costs a
     timer, a context manager and a cancellation check per chunk. Time the caller spends writing to its own
-    client (while `waiting_since` is None) does not count as upstream silence.
+    client (while `waiting_since` is None) does not count as upstream silence; it counts toward the deadline.
     """
 
-    __slots__ = ("_handle", "_response", "_seconds", "loop", "waiting_since")
+    __slots__ = ("_deadline", "_handle", "_response", "_seconds", "loop", "waiting_since")
 
-    def __init__(self, response: aiohttp.ClientResponse, seconds: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, seconds: float, deadline: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.waiting_since: float | None = None
         self._response = response
         self._seconds = seconds
-        self._handle = self.loop.call_at(self.loop.time() + seconds, self._check)
+        now = self.loop.time()
+        self._deadline = now + (deadline - time.perf_counter())  # on the loop's clock
+        self._handle = self.loop.call_at(min(now + seconds, self._deadline), self._check)
 
     def _check(self) -> None:
         if self._response.closed:
             return
         now, since = self.loop.time(), self.waiting_since
-        if since is not None and now - since >= self._seconds:
+        if now >= self._deadline or (since is not None and now - since >= self._seconds):
             self._response.content.set_exception(TimeoutError())
             return
-        self._handle = self.loop.call_at((now if since is None else since) + self._seconds, self._check)
+        due = (now if since is None else since) + self._seconds
+        self._handle = self.loop.call_at(min(due, self._deadline), self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()

@@ -59,7 +59,8 @@ def _retry_headers(wait: float | None, charge: Counter) -> dict[str, str]:
     if wait is None:
         return {"x-should-retry": "false"}
     wait = max(wait, 0.001)
-    soon = wait <= 60 and charge.kind is not Kind.CALENDAR
+    # A sliding minute always frees room within its 61 s (a burst in one second waits just over 60).
+    soon = charge.kind is not Kind.CALENDAR
     return {
         "Retry-After": str(math.ceil(wait)),
         "retry-after-ms": str(math.ceil(wait * 1000)),

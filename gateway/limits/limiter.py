@@ -1,7 +1,7 @@
 """Admission and settlement of one call under its key's limits.
 
-At admission every limit that applies to the call (its key's, or the default's, and its model's) becomes a
-`Charge`: one request, the tokens it may use (its prompt's bytes over `prompt_bytes_per_token`, plus
+At admission every limit that applies to the call (its key's, or the default's, and its model's) charges
+its counter: one request, the tokens it may use (its prompt's bytes over `prompt_bytes_per_token`, plus
 `max_completion_tokens` / `max_tokens` / `max_output_tokens`, else `completion_tokens_estimate`) and their
 price. The store admits them all or none. When the call is over, its settlement replaces each reservation by
 what was really used (the usage the upstream reported; for a call cut short without usage, the prompt and
@@ -34,17 +34,17 @@ if TYPE_CHECKING:
 
 OPEN = "open"  # the key name of callers of a gateway that runs without keys
 _COMPLETION_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_COUNT_TOKENS, _EMBEDDINGS = Endpoint.COUNT_TOKENS, Endpoint.EMBEDDINGS  # an enum's member is slow to look up
 
 
 @dataclass(slots=True)
 class Ticket:
-    """An admitted call's counters and amounts, kept until its settlement."""
+    """What an admitted call reserved, kept until its settlement."""
 
-    call_id: str
-    key_name: str
     plan: Plan
-    counters: tuple[Counter, ...]
-    amounts: tuple[int, ...]
+    counters: tuple[Counter, ...]  # as they were at admission: a settlement corrects the very same
+    tokens: int  # reserved: the prompt's estimate and the completion's
+    cost: int  # reserved, in millionths of a USD
     prompt_tokens: int  # the prompt's estimate, used when a call ends without usage
     settled: bool = False
     void: bool = False  # refused although the store may have admitted it: settled as if it used nothing
@@ -65,7 +65,11 @@ class Limiter:
     ) -> None:
         self.settings = settings or LimitSettings()
         self.enabled = self.settings.enabled
+        self._bytes_per_token = self.settings.prompt_bytes_per_token
+        self._completion_estimate = self.settings.completion_tokens_estimate
         self.store: Store = store or MemoryStore()
+        # The in-process store answers at once: its admissions are made without a suspension.
+        self._admit_now = self.store.admit_now if isinstance(self.store, MemoryStore) else None
         self.metrics = metrics
         self.prices = prices or PriceTable()
         self._priced = bool(self.prices.models or self.prices.prefixes)
@@ -88,27 +92,40 @@ class Limiter:
             return {}
         now = self.clock()
         prompt, completion = self._reservation(call, body_bytes)
+        tokens = prompt + completion
         cost = self._price(call.model, prompt, completion) if plan.counts_cost else 0
         counters = (
             plan.counters if plan.second == int(now) else plan.counters_at(now, self.lease_s, self._window)
         )
-        amounts = plan.amounts(1, prompt + completion, cost)
-        call.ticket = ticket = Ticket(call.request_id, key, plan, counters, amounts, prompt)
+        amounts = plan.amounts(1, tokens, cost)
+        call.ticket = ticket = Ticket(plan, counters, tokens, cost, prompt)
+        outcome = (
+            self._admit_now(call.request_id, counters, amounts, now)
+            if self._admit_now is not None
+            else await self._admit_in_store(call, ticket, amounts, now)
+        )
+        if isinstance(outcome, list):
+            return plan.headers(outcome, amounts, True)
+        if outcome is None:
+            return {}  # the store failed: let through unaccounted
+        call.ticket = None
+        raise self._refusal(call, ticket, amounts, outcome)
+
+    async def _admit_in_store(
+        self, call: Call, ticket: Ticket, amounts: tuple[int, ...], now: float
+    ) -> list[int] | Verdict | None:
+        """As `MemoryStore.admit_now` answers, from a store that is waited for; None when it failed and
+        `on_store_error` lets the call through."""
         try:
-            verdict = await self.store.admit(call.request_id, counters, amounts, now)
+            verdict = await self.store.admit(call.request_id, ticket.counters, amounts, now)
+            return list(verdict.used) if verdict.admitted else verdict
         except StoreError:
             self.count_store_error("admit")
             if self.settings.on_store_error == "allow":
-                return {}  # let through unaccounted; the settlement still applies if the store did admit it
+                return None  # the settlement still applies if the store did admit it
             ticket.void = True  # had the store admitted it after all, its settlement takes it all back
             call.limited_by = "limits.on_store_error"
             raise LimitsUnavailable("The limits store cannot be reached; try again shortly.") from None
-        admitted = verdict.refused < 0
-        headers = plan.headers(verdict.used, amounts, admitted)
-        if not admitted:
-            call.ticket = None
-            raise self._refusal(call, key, plan, amounts, verdict, headers)
-        return headers
 
     def settle(self, call: Call) -> None:
         """Replace the call's reservations by what it used, free its slots; once per call."""
@@ -116,21 +133,23 @@ class Limiter:
         if ticket is None or ticket.settled:
             return
         ticket.settled = True
+        plan = ticket.plan
         if ticket.void:
-            self.store.settle(ticket.call_id, ticket.counters, [-a for a in ticket.amounts], self.clock())
+            deltas = plan.amounts(-1, -ticket.tokens, -ticket.cost, -1)
+            self.store.settle(call.request_id, ticket.counters, deltas, self.clock())
             return
-        prompt, completion, total = self._used_tokens(call, ticket)
         usage = call.answer.usage
-        priced = self._priced or ticket.plan.counts_cost or (isinstance(usage, dict) and "cost" in usage)
+        prompt, completion, total = usage_tokens(usage) or self._estimated_tokens(call, ticket)
+        priced = self._priced or plan.counts_cost or (isinstance(usage, dict) and "cost" in usage)
         cost = self._cost(call, prompt, completion) if priced else 0
-        used = ticket.plan.amounts(1, total, cost)
-        deltas = [u - a for u, a in zip(used, ticket.amounts, strict=True)]
-        self.store.settle(ticket.call_id, ticket.counters, deltas, self.clock())
+        # A request is a request and a slot a slot: only tokens and cost need correcting.
+        deltas = plan.amounts(0, total - ticket.tokens, cost - ticket.cost, 0)
+        self.store.settle(call.request_id, ticket.counters, deltas, self.clock())
         if self.metrics is not None:
-            tokens = self._tokens.get(ticket.key_name) or self._child("tokens", ticket.key_name)
+            tokens = self._tokens.get(plan.key) or self._child("tokens", plan.key)
             tokens.inc(total)
             if cost:
-                self._child("cost", ticket.key_name).inc(cost / MICRO)
+                self._child("cost", plan.key).inc(cost / MICRO)
 
     async def usage(self, key: str) -> dict[str, object]:
         """What `key` has used of each of its limits (its model rules' included), and what is left."""
@@ -150,7 +169,7 @@ class Limiter:
             meters = self._key_meters(key)
             if model_rule is not None:
                 meters += self._model_meters(key, model_rule)
-            found = self._plans[key, model_rule] = Plan(meters)
+            found = self._plans[key, model_rule] = Plan(meters, key)
         return found
 
     def model_rule(self, model: str | None) -> str | None:
@@ -173,17 +192,18 @@ class Limiter:
 
     def _reservation(self, call: Call, body_bytes: int) -> tuple[int, int]:
         """Tokens reserved: the prompt's estimate, and the completion's."""
-        if call.endpoint is Endpoint.COUNT_TOKENS:
+        endpoint = call.endpoint
+        if endpoint is _COUNT_TOKENS:
             return 0, 0  # counting a prompt's tokens uses none
-        prompt = math.ceil(body_bytes / self.settings.prompt_bytes_per_token)
-        if call.endpoint is Endpoint.EMBEDDINGS:
+        prompt = math.ceil(body_bytes / self._bytes_per_token)
+        if endpoint is _EMBEDDINGS:
             return prompt, 0
-        body = call.body or {}
-        for name in _COMPLETION_FIELDS:
-            value = body.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                return prompt, value
-        return prompt, self.settings.completion_tokens_estimate
+        if body := call.body:
+            for name in _COMPLETION_FIELDS:
+                value = body.get(name)
+                if type(value) is int and value >= 0:  # type(), not isinstance(): a bool is no count
+                    return prompt, value
+        return prompt, self._completion_estimate
 
     def _price(self, model: str | None, prompt: int, completion: int) -> int:
         price = self.prices.lookup(model)
@@ -197,17 +217,14 @@ class Limiter:
             self._calendar = (windows[Window.DAY][1], windows)
         return windows[window]
 
-    def _used_tokens(self, call: Call, ticket: Ticket) -> tuple[int, int, int]:
-        """(prompt, completion, total) tokens used: as reported, else estimated from what came back."""
-        reported = usage_tokens(call.answer.usage)
-        if reported is not None:
-            return reported
-        if call.endpoint is Endpoint.COUNT_TOKENS:
+    def _estimated_tokens(self, call: Call, ticket: Ticket) -> tuple[int, int, int]:
+        """(prompt, completion, total) tokens used by a call without usage, from what came back."""
+        if call.endpoint is _COUNT_TOKENS:
             return 0, 0, 0
         # Cut short (a client gone, a stream broken off): what the upstream had begun counts. An error status
         # the upstream chose, or one from before it was reached: nothing was generated.
         if call.client_disconnected or (call.status < 400 and (call.answer.kept or call.first_byte)):
-            completion = math.ceil(call.answer.kept / self.settings.prompt_bytes_per_token)
+            completion = math.ceil(call.answer.kept / self._bytes_per_token)
             return ticket.prompt_tokens, completion, ticket.prompt_tokens + completion
         return 0, 0, 0
 
@@ -218,22 +235,15 @@ class Limiter:
         cost, _ = usage_cost(self.prices, call.model, usage)
         return 0 if cost is None else round(cost * MICRO)
 
-    def _refusal(
-        self,
-        call: Call,
-        key: str,
-        plan: Plan,
-        amounts: tuple[int, ...],
-        verdict: Verdict,
-        headers: dict[str, str],
-    ) -> RateLimited:
-        i = verdict.refused
+    def _refusal(self, call: Call, ticket: Ticket, amounts: tuple[int, ...], verdict: Verdict) -> RateLimited:
+        """The 429 for a call the store refused, with the headers of its key's windows."""
+        i, plan = verdict.refused, ticket.plan
         meter = plan.meters[i]
         call.limited_by = meter.label
         if self.metrics is not None:
-            self._child("refusals", key, meter.label).inc()
-        error = refusal(key, meter, plan.counters[i], amounts[i], verdict, self.clock())
-        error.headers = {**headers, **(error.headers or {})}
+            self._child("refusals", plan.key, meter.label).inc()
+        error = refusal(plan.key, meter, ticket.counters[i], amounts[i], verdict, self.clock())
+        error.headers = {**plan.headers(verdict.used, amounts, False), **(error.headers or {})}
         return error
 
     def count_store_error(self, operation: str) -> None:

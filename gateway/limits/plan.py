@@ -2,14 +2,15 @@
 
 A plan is made once per key and model rule. Its counters (keys, buckets, windows) and the header texts that
 go with them change at most once a second, so they are worked out once a second, not once a call: a call
-then only brings its amounts.
+then only brings its amounts, and its headers are that second's copied with the remainders filled in.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from gateway.limits.config import Meter, Rule
 from gateway.limits.store import Counter, Kind, resets_in
@@ -22,6 +23,7 @@ _HEADER_NAMES = {
     for metric in ("requests", "tokens")  # the metrics OpenAI's x-ratelimit-* headers describe
 }
 CalendarWindow = Callable[[Window, float], tuple[str, float]]  # the window id, and when it ends
+Picker = Callable[[tuple[int, int, int, int]], tuple[int, ...]]
 
 
 def meters_of(rule: Rule, label: str, counter_prefix: str, model: str | None) -> tuple[Meter, ...]:
@@ -49,26 +51,49 @@ def counter_of(meter: Meter, now: float, lease_s: float, calendar: CalendarWindo
     return Counter(f"{meter.counter}:{window_id}", kind, int(end), meter.limit)
 
 
+def _picker(picks: tuple[int, ...]) -> Picker:
+    """A function taking a call's four AMOUNTS to the amount of each meter, in one C call when it can."""
+    if len(picks) > 1:
+        return itemgetter(*picks)
+    only = picks[0] if picks else None
+
+    def pick(values: tuple[int, int, int, int]) -> tuple[int, ...]:
+        return () if only is None else (values[only],)
+
+    return pick
+
+
 @dataclass(slots=True)
 class Plan:
+    """One key's meters for one model rule, with the counters and header texts of the current second."""
+
     meters: tuple[Meter, ...]
-    picks: tuple[int, ...] = ()  # per meter, which of a call's AMOUNTS it counts
+    key: str = ""  # the key name whose calls it meters
     counts_cost: bool = False
-    headed: tuple[tuple[str, tuple[int, ...]], ...] = ()  # per header metric, its meters
-    second: int = -1  # the second `counters` and `resets` were worked out for
+    second: int = -1  # the second `counters` and `template` were worked out for
     counters: tuple[Counter, ...] = ()
-    resets: tuple[str, ...] = ()
-    limits: tuple[str, ...] = field(default=())
+    # Per header metric (requests, tokens): its three header names and its meters.
+    headed: tuple[tuple[str, str, str, tuple[int, ...]], ...] = ()
+    # The same when each header metric has one meter (the usual plan): its remaining header, and the meter.
+    single: tuple[tuple[str, int], ...] | None = None
+    limits: tuple[int, ...] = ()
+    texts: tuple[str, ...] = ()  # each limit as a header writes it
+    resets: tuple[str, ...] = ()  # each counter's reset as a header writes it, this second
+    template: dict[str, str] = field(default_factory=dict)  # this second's headers, the remainders left out
+    _pick: Picker = field(default=_picker(()), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.picks = tuple(AMOUNTS.index(m.metric) for m in self.meters)
+        self._pick = _picker(tuple(AMOUNTS.index(m.metric) for m in self.meters))
         self.counts_cost = "cost" in (m.metric for m in self.meters)
         self.headed = tuple(
-            (metric, indices)
+            (*_HEADER_NAMES[metric], indices)
             for metric in _HEADER_NAMES
             if (indices := tuple(i for i, m in enumerate(self.meters) if m.metric == metric))
         )
-        self.limits = tuple(str(m.limit) for m in self.meters)
+        if all(len(indices) == 1 for *_, indices in self.headed):
+            self.single = tuple((remaining, indices[0]) for _, remaining, _, indices in self.headed)
+        self.limits = tuple(m.limit for m in self.meters)
+        self.texts = tuple(str(m.limit) for m in self.meters)
 
     def counters_at(self, now: float, lease_s: float, calendar: CalendarWindow) -> tuple[Counter, ...]:
         """The counters to charge at `now`, worked out again only when the second has changed."""
@@ -76,26 +101,34 @@ class Plan:
         if second != self.second:
             self.counters = tuple(counter_of(m, now, lease_s, calendar) for m in self.meters)
             self.resets = tuple(reset_text(resets_in(c, now)) for c in self.counters)
+            self.template = {}
+            for limit, remaining, reset, (first, *_) in self.headed:
+                self.template |= {limit: self.texts[first], remaining: "0", reset: self.resets[first]}
             self.second = second
         return self.counters
 
-    def amounts(self, requests: int, tokens: int, cost: int) -> tuple[int, ...]:
-        """A call's amount for each meter."""
-        values = (requests, tokens, cost, 1)
-        return tuple([values[i] for i in self.picks])
+    def amounts(self, requests: int, tokens: int, cost: int, concurrent: int = 1) -> tuple[int, ...]:
+        """A call's amount for each meter (a settlement's correction, given corrections)."""
+        return self._pick((requests, tokens, cost, concurrent))
 
-    def headers(self, used: tuple[int, ...], amounts: tuple[int, ...], admitted: bool) -> dict[str, str]:
-        """OpenAI's `x-ratelimit-*` trio for requests and for tokens, each from its tightest window."""
-        headers = {}
-        meters = self.meters
-        for metric, indices in self.headed:
+    def headers(self, used: Sequence[int], amounts: Sequence[int], admitted: bool) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` trio for requests and for tokens, each from its tightest window.
+
+        `used` is what each counter held before the call; an admitted call's own amounts are taken off too.
+        """
+        headers = self.template.copy()  # this second's limits and resets: only the remainders are new
+        limits, single = self.limits, self.single
+        if single is not None and admitted:
+            for remaining, i in single:
+                left = limits[i] - used[i] - amounts[i]
+                headers[remaining] = str(left) if left > 0 else "0"
+            return headers
+        for limit, remaining, reset, indices in self.headed:
             tightest, least = -1, 0
             for i in indices:
-                left = meters[i].limit - used[i] - (amounts[i] if admitted else 0)
+                left = limits[i] - used[i] - (amounts[i] if admitted else 0)
                 if tightest < 0 or left < least:
                     tightest, least = i, left
-            limit, remaining, reset = _HEADER_NAMES[metric]
-            headers[limit] = self.limits[tightest]
-            headers[remaining] = str(least if least > 0 else 0)
-            headers[reset] = self.resets[tightest]
+            headers[limit], headers[reset] = self.texts[tightest], self.resets[tightest]
+            headers[remaining] = str(least) if least > 0 else "0"
         return headers

@@ -27,7 +27,8 @@ def usage_tokens(usage: Any) -> tuple[int, int, int] | None:
         type(prompt) is int
         and type(completion) is int
         and type(total) is int
-        and min(prompt, completion) >= 0
+        and prompt >= 0
+        and completion >= 0
     ):
         return prompt, completion, total  # the usual shape, read at once (type() is int: no bools)
     prompt = _int(usage.get("prompt_tokens"))

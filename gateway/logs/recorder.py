@@ -1,13 +1,14 @@
 """The log recorder: records to stdout and the spool in batches; closed chunks shipped in the background.
 
-A request record waits for the next turn of the event loop, where it is built, scrubbed and written with
-every other record of that turn, in one write to stdout and one to the spool: nothing about a record
-happens between a client's request and the upstream request. A response record is written when its call
-is over (with whatever was queued), so a `kill -9` loses no call a client saw complete. It never waits on
-S3 and never fails because of logging. A field that cannot be built or written as JSON is mended or dropped
-and named in the record's `record_errors`; a spool that cannot be written sends records to stdout only, is
-reported, and is tried again a second later. The background task outlives its own errors; `close()` runs
-every step.
+A record waits for the next turn of the event loop, where it is built, scrubbed and written with every other
+record queued in that turn, in one write to stdout and one to the spool (at once when 512 wait, or when no
+loop runs): nothing about a record happens between a client's request and the upstream request. Whoever
+must know its records are on disk awaits `written()`: the proxy does, before a whole answer leaves, so a
+`kill -9` loses no non-stream call a client saw complete; a stream's response record is written at the turn
+after its last byte, microseconds later. It never waits on S3 and never fails because of logging. A field
+that cannot be built or written as JSON is mended or dropped and named in the record's `record_errors`; a
+spool that cannot be written sends records to stdout only, is reported, and is tried again a second later.
+The background task outlives its own errors; `close()` runs every step.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ MAX_TASK_PAUSE_S = 60.0  # the longest the background task rests after its own s
 WARN_EVERY_S = 60.0
 MAX_DEPTH = 200  # nesting kept when a record is mended; orjson refuses anything past 254 levels
 TOO_DEEP = "[unserializable: nested too deep]"
+MAX_PENDING = 512  # records queued in one turn of the loop: written then, without waiting for its end
+
+LINE_OPTIONS = DUMP_OPTIONS | orjson.OPT_APPEND_NEWLINE
 
 
 class LogRecorder:
@@ -57,7 +61,7 @@ class LogRecorder:
         self.metrics = metrics
         self.uploader = uploader
         self.stdout = stdout
-        self.written = 0
+        self.records_written = 0
         self.failed = 0
         self.uploaded_records = 0
         self.last_upload: float | None = None
@@ -67,6 +71,7 @@ class LogRecorder:
         self._spool_down = False
         self._last_warning = 0.0
         self._pending: list[tuple[Call, str]] = []
+        self._waiters: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
 
     def request(self, call: Call) -> None:
@@ -74,56 +79,71 @@ class LogRecorder:
         self._queue(call, "request")
 
     def response(self, call: Call) -> None:
-        """Write the call's response record now (with whatever is queued); never raises.
+        """Queue the call's response record; never raises. `written()` says when it is on disk."""
+        self._queue(call, "response")
 
-        It is written before a whole answer leaves (and right after a stream's last byte): a record left
-        for a later loop turn is lost to a `kill -9` that comes after the client saw its call complete.
+    def written(self) -> asyncio.Future[None] | None:
+        """A future resolved once the records queued so far are written (or failed to be); None if none are.
+
+        Each caller gets a future of its own, all resolved right after the one write of their batch: a caller
+        cancelled while awaiting its future cancels no other caller's wait.
         """
-        self._pending.append((call, "response"))
-        self.flush()
+        if not self._pending:
+            return None
+        try:
+            waiter = asyncio.get_running_loop().create_future()
+        except RuntimeError:  # no loop to wait in: written now
+            self.flush()
+            return None
+        self._waiters.append(waiter)
+        return waiter
 
     def _queue(self, call: Call, kind: str) -> None:
         self._pending.append((call, kind))
-        if self._flush_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a script, a test): write at once
+        if len(self._pending) >= MAX_PENDING:
             self.flush()
-            return
-        self._flush_scheduled = True
-        loop.call_soon(self.flush)
+        elif not self._flush_scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a script, a test): write at once
+                self.flush()
+                return
+            self._flush_scheduled = True
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Build, scrub and write every queued record: one write to stdout and one to the spool."""
+        """Build, scrub and write the queued records: one write to stdout, one to the spool; never raises."""
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
-        if not pending:
-            return
-        lines = [line for call, kind in pending for line in self._lines(call, kind)]
+        waiters, self._waiters = self._waiters, []
         try:
-            batch = self.scrubber.line(b"".join(lines))
+            if pending:
+                self._write_batch(pending)
+        except Exception as exc:  # a bug past every guard below: said loudly, and no caller is kept waiting
+            self.failed += len(pending)
+            self.metrics.log_record_failures.inc(len(pending))
+            log.error("could not write %d queued records: %s", len(pending), describe_error(exc))
+        finally:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _write_batch(self, pending: list[tuple[Call, str]]) -> None:
+        batch = _Batch(self.builder.chosen)
+        for call, kind in pending:
+            try:
+                if kind == "request":
+                    batch.add_all(self.builder.request(call))
+                else:
+                    batch.add(self.builder.response(call, call.wall_end))
+            except Exception as exc:  # a builder bug, or no JSON to be had: the call still gets a record
+                batch.add(self._failed_record(call, kind, exc))
+        try:
+            data = self.scrubber.lines(b"".join(batch.lines), batch.searched())
         except Exception as exc:  # a scrubber bug must not cost the records: scrub them one by one
             log.error("could not scrub a batch of records: %s", type(exc).__name__)
-            batch = b"".join(self._scrub_one(line) for line in lines)
-        self._write(batch, len(lines))
-
-    def _lines(self, call: Call, kind: str) -> list[bytes]:
-        try:
-            records = (
-                self.builder.request(call)
-                if kind == "request"
-                else [self.builder.response(call, call.wall_end)]
-            )
-        except Exception as exc:  # a bug in the builder: the call still gets a record
-            records = [self._failed_record(call, kind, exc)]
-        lines = []
-        for record in records:
-            try:
-                lines.append(dumps(record) + b"\n")
-            except Exception as exc:
-                lines.append(dumps(self._failed_record(call, kind, exc)) + b"\n")
-        return lines
+            data = b"".join(self._scrub_one(line) for line in batch.lines)
+        self._write(data, len(batch.lines))
 
     def _scrub_one(self, line: bytes) -> bytes:
         try:
@@ -139,7 +159,7 @@ class LogRecorder:
         return {**head(call, kind, time.time(), call.model), "status": call.status, "error": error}
 
     def _write(self, batch: bytes, count: int) -> None:
-        self.written += count
+        self.records_written += count
         self.metrics.log_records.inc(count)
         if self.stdout:
             try:
@@ -262,7 +282,7 @@ class LogRecorder:
             "capture": self.builder.settings.capture,
             "spool_dir": str(self.spool.root),
             "destination": self.uploader.target.describe() if self.uploader else "stdout and spool only",
-            "records_written": self.written,
+            "records_written": self.records_written,
             "records_failed": self.failed,
             "records_uploaded": self.uploaded_records,
             "records_not_spooled": self.spool.not_spooled,
@@ -277,6 +297,38 @@ class LogRecorder:
             "last_upload": iso(self.last_upload) if self.last_upload else None,
             "last_error": self.last_error,
         }
+
+
+class _Batch:
+    """The lines of one write, and what in them clients and upstreams chose, to be searched for secrets."""
+
+    __slots__ = ("chosen", "lines", "values", "whole")
+
+    def __init__(self, chosen: Callable[[dict[str, Any]], tuple[Any, ...] | None]) -> None:
+        self.chosen = chosen
+        self.lines: list[bytes] = []
+        self.values: list[tuple[Any, ...]] = []  # per record, the values clients and upstreams chose
+        self.whole: list[bytes] = []  # lines searched whole
+
+    def add(self, record: dict[str, Any]) -> None:
+        try:
+            line = orjson.dumps(record, default=str, option=LINE_OPTIONS)
+            values = self.chosen(record)
+        except Exception:  # a record mended on the way out is searched whole
+            line, values = dumps(record) + b"\n", None
+        self.lines.append(line)
+        if values is None:
+            self.whole.append(line)
+        else:
+            self.values.append(values)
+
+    def add_all(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.add(record)
+
+    def searched(self) -> bytes:
+        """What the scrubber searches: the chosen values, serialized as in the lines; the lines kept whole."""
+        return orjson.dumps(self.values, default=str, option=DUMP_OPTIONS) + b"".join(self.whole)
 
 
 def dumps(record: dict[str, Any]) -> bytes:
@@ -339,6 +391,8 @@ def _valid_text(text: str) -> str:
 
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of `data` (a pipe may take a large batch in several writes)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]

@@ -4,16 +4,21 @@ Field names follow the earlier open-llm-proxy so that existing DuckDB queries ke
 LOGGING.md documents each one. Whatever a client sends, both records of its call are built: a field
 derived from an odd shape that cannot be read is left null and named in `record_errors`, and every string
 the client chose is capped (the caps below, listed in LOGGING.md).
+
+Building runs for every call, so it reads no more of a call than its fields need: in `summary` capture the
+first and last user messages and the trailing tool results are found from either end of the conversation.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
-from typing import Any, TypeVar
+from functools import lru_cache
+from itertools import repeat
+from operator import itemgetter
+from typing import Any
 
 import orjson
 
@@ -23,6 +28,7 @@ from gateway.dialects import dialect_of
 from gateway.limits.usage import usage_cost
 from gateway.logs.prompts import PromptLedger
 from gateway.prices import PriceTable
+from providers.base import Endpoint
 
 NAME_CHARS = 256  # model, session_id, client, requested_model, tool names and ids, finish_reason, upstream_id
 ORIGIN_CHARS = 512
@@ -31,12 +37,51 @@ HEADER_CHARS = 256  # each upstream header's name and value
 MAX_HEADERS = 20
 REFUSED_CHARS = 64  # a call refused for its key: anyone can send one, so its strings are kept short
 DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
-T = TypeVar("T")
+
+# The fields a client or an upstream chose the values of: the only ones the scrubber searches for traces of a
+# secret (see `RecordBuilder.chosen`). Every other field holds what the gateway made itself: times, ids,
+# counts, flags, labels, and the names the config gave (`provider`, `key_name`, `limited_by`). A record
+# holding its `messages` (full capture), and any other kind of record, is searched whole.
+_REQUEST_CHOSEN = itemgetter(
+    "session_id",
+    "model",
+    "origin",
+    "client",
+    "user_question",
+    "user_message_this_turn",
+    "tool_results_this_turn",
+)
+_RESPONSE_CHOSEN = itemgetter(
+    "session_id",
+    "model",
+    "origin",
+    "finish_reason",
+    "upstream_id",
+    "content",
+    "tool_calls",
+    "reasoning_content",
+    "tokens",
+    "error",
+    "upstream_headers",
+    "tool_calls_repaired",
+)
 
 
 def iso(ts: float) -> str:
-    """UTC ISO-8601 with microseconds, the records' timestamp format."""
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+    """UTC ISO-8601 with microseconds, the records' timestamp format: `datetime.isoformat()`, cheaply."""
+    second = int(ts)
+    micro = round((ts - second) * 1e6)  # exact, and rounded half to even as `datetime.fromtimestamp` rounds
+    if not 0 < micro < 1_000_000:  # a whole second, or rounded into the next one (or, before 1970, the last)
+        second, micro = second + micro // 1_000_000, micro % 1_000_000
+        if not micro:
+            return _second(second) + "+00:00"  # as `isoformat()` writes a time without microseconds
+    return f"{_second(second)}.{micro:06d}+00:00"
+
+
+@lru_cache(maxsize=4)
+def _second(second: int) -> str:
+    """`YYYY-MM-DDTHH:MM:SS` of a whole second: the calls of one second share it."""
+    return datetime.fromtimestamp(second, UTC).isoformat()[:-6]
 
 
 def text_of(content: Any) -> str:
@@ -60,7 +105,10 @@ def cap(text: str | None, limit: int) -> str | None:
 
 def clip(value: Any, limit: int) -> str | None:
     """A client-chosen value as capped text: None stays None, anything else becomes text first."""
-    return None if value is None else cap(value if isinstance(value, str) else text_of(value), limit)
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else text_of(value)
+    return text if len(text) <= limit else cap(text, limit)
 
 
 def refused(call: Call) -> bool:
@@ -68,13 +116,10 @@ def refused(call: Call) -> bool:
     return call.status == 401 and call.provider is None
 
 
-def _name_cap(call: Call) -> int:
-    return REFUSED_CHARS if refused(call) else NAME_CHARS
-
-
 def head(call: Call, kind: str, ts: float, model: str | None) -> dict[str, Any]:
     """The fields both records of a call start with."""
-    names = _name_cap(call)
+    short = refused(call)
+    names = REFUSED_CHARS if short else NAME_CHARS
     return {
         "timestamp": iso(ts),
         "type": kind,
@@ -82,21 +127,17 @@ def head(call: Call, kind: str, ts: float, model: str | None) -> dict[str, Any]:
         "session_id": clip(call.session_id, names),
         "provider": call.provider,
         "model": clip(model, names),
-        "origin": clip(call.origin, names if refused(call) else ORIGIN_CHARS),
+        "origin": clip(call.origin, names if short else ORIGIN_CHARS),
         "key_name": call.key_name,
-        "endpoint": call.endpoint.label,
+        "endpoint": _label(call.endpoint),
         "stream": call.stream,
         "limited_by": call.limited_by,
     }
 
 
-def _try(errors: list[str], name: str, build: Callable[[], T], default: Any) -> T:
-    """`build()`, or `default` with `name` noted in `errors`: one odd field costs only that field."""
-    try:
-        return build()
-    except Exception:
-        errors.append(name)
-        return default
+def _label(endpoint: Endpoint) -> str:
+    # An enum member hashes (and names itself) in Python: the usual endpoint is told by identity alone.
+    return "chat.completions" if endpoint is Endpoint.CHAT else endpoint.label
 
 
 @dataclass
@@ -111,71 +152,89 @@ class RecordBuilder:
     def full(self) -> bool:
         return self.settings.capture == "full"
 
+    def chosen(self, record: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The values in `record` a client or an upstream chose; None: the whole record is to be searched."""
+        kind = record.get("type")
+        try:
+            if kind == "response":
+                # The preview is the start of `content` (its marker the gateway's), unless it may be longer.
+                longer = self.settings.preview_chars > self.settings.content_max_chars
+                preview = record["content_preview"] if longer else None
+                return (*_RESPONSE_CHOSEN(record), record.get("requested_model"), preview)
+            if kind == "request" and "messages" not in record:
+                return _REQUEST_CHOSEN(record)
+        except KeyError:  # not a record the builder made (the minimal one of a failure)
+            pass
+        return None
+
     def request(self, call: Call) -> list[dict[str, Any]]:
         """The request record, preceded in `full` capture by any system prompt not stored before."""
         body = call.body if isinstance(call.body, dict) else {}
         errors: list[str] = []
-        raw_messages = _try(errors, "messages", partial(_conversation, call, body), None)
+        try:
+            conversation = _conversation(call, body)
+        except Exception:
+            errors.append("messages")
+            conversation = None
+        messages: Sequence[Any] = conversation if isinstance(conversation, list) else ()
         tools, thinking = body.get("tools"), body.get("enable_thinking")
-        messages = [m for m in raw_messages if isinstance(m, dict)] if isinstance(raw_messages, list) else []
-        short = refused(call)
-        record: dict[str, Any] = {
-            **head(call, "request", call.wall_start, call.requested_model),
-            "client": clip(call.client, _name_cap(call)),
-            "message_count": len(messages),
-            "tools_count": len(tools) if isinstance(tools, list) else 0,
-            "tool_calls_repaired": call.tool_repair is not None,  # whether the answer will be checked
-            "enable_thinking": thinking if isinstance(thinking, bool) else None,
-            "user_question": None,
-            "user_message_this_turn": None,
-            "tool_results_this_turn": [],
-        }
+        short = refused(call)  # a caller without a key may not fill the logs: little of what it sent is kept
+        record = head(call, "request", call.wall_start, call.requested_model)
+        record["client"] = clip(call.client, REFUSED_CHARS if short else NAME_CHARS)
+        record["message_count"] = sum(map(isinstance, messages, repeat(dict)))
+        record["tools_count"] = len(tools) if isinstance(tools, list) else 0
+        record["tool_calls_repaired"] = call.tool_repair is not None  # whether the answer will be checked
+        record["enable_thinking"] = thinking if isinstance(thinking, bool) else None
+        self._add_questions(record, errors, call, body, messages)
+        record["tool_results_this_turn"] = [] if short else self._tool_results(messages, errors)
         prompts: list[dict[str, Any]] = []
-        self._add_questions(record, errors, call, messages)
-        if self.full and short:
+        full = self.full
+        if full and short:
             record["messages"] = record["system_prompt_sha256"] = None
-        elif self.full:
-            prompts = self._add_messages(record, errors, messages, call.wall_start)
+        elif full:
+            dicts = [m for m in messages if isinstance(m, dict)]
+            prompts = self._add_messages(record, errors, dicts, call.wall_start)
         if errors:
             record["record_errors"] = errors
         return [*prompts, record]
 
     def _add_questions(
-        self, record: dict[str, Any], errors: list[str], call: Call, messages: list[Any]
+        self, record: dict[str, Any], errors: list[str], call: Call, body: dict[str, Any], messages: Any
     ) -> None:
-        short = refused(call)  # a caller without a key may not fill the logs: little of what it sent is kept
-        limit = REFUSED_CHARS if short else self.settings.content_max_chars
-        users = [m for m in messages if m.get("role") == "user"]
-        first, last = (users[0], users[-1]) if users else (None, None)
-        if record["endpoint"] == "completions":
-            first = last = {"content": call.body.get("prompt") if isinstance(call.body, dict) else None}
-        for name, message in (("user_question", first), ("user_message_this_turn", last)):
-            if message is not None:
-                record[name] = _try(errors, name, partial(_content_text, message, limit), None)
-        if not short:
-            results = _try(errors, "tool_results_this_turn", lambda: self._tool_results(messages), [])
-            record["tool_results_this_turn"] = results
+        """The text of the first and of the last user message (a completion's prompt is both)."""
+        limit = REFUSED_CHARS if refused(call) else self.settings.content_max_chars
+        first: dict[str, Any] | None
+        last: dict[str, Any] | None
+        if call.endpoint is Endpoint.COMPLETIONS:
+            first = last = {"content": body.get("prompt")}
+        else:
+            first, last = _first_user(messages), _first_user(reversed(messages))
+        question = record["user_question"] = _user_text(first, limit, errors, "user_question")
+        if last is not first or question is None:
+            question = _user_text(last, limit, errors, "user_message_this_turn")
+        record["user_message_this_turn"] = question
 
-    def _tool_results(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _tool_results(self, messages: Sequence[Any], errors: list[str]) -> list[dict[str, Any]]:
         """The trailing tool messages (this turn's results), named from the calls that asked for them."""
-        names: dict[str, str] = {}
-        results: list[dict[str, Any]] = []
-        for message in messages:
-            role = message.get("role")
-            if role != "tool":
-                results = []
-            if role == "assistant":
-                names.update(_asked_tools(message.get("tool_calls")))
-            elif role == "tool":
-                call_id = message.get("tool_call_id")
-                results.append(
-                    {
-                        "tool_call_id": clip(call_id, NAME_CHARS),
-                        "name": clip(names.get(str(call_id)) or message.get("name"), NAME_CHARS),
-                        "content": cap(text_of(message.get("content")), self._result_cap),
-                    }
-                )
-        return results
+        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") != "tool":
+            return []  # the usual turn: it ends with the user's message
+        try:
+            run, before = _trailing_tools(messages)
+            if not run:
+                return []
+            names = _tool_names(messages, before, {str(m.get("tool_call_id")) for m in run})
+            return [self._tool_result(message, names) for message in run]
+        except Exception:
+            errors.append("tool_results_this_turn")
+            return []
+
+    def _tool_result(self, message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+        call_id = message.get("tool_call_id")
+        return {
+            "tool_call_id": clip(call_id, NAME_CHARS),
+            "name": clip(names.get(str(call_id)) or message.get("name"), NAME_CHARS),
+            "content": cap(text_of(message.get("content")), self._result_cap),
+        }
 
     @property
     def _result_cap(self) -> int:
@@ -189,8 +248,11 @@ class RecordBuilder:
         out: list[Any] = []
         for message in messages:
             if message.get("role") in ("system", "developer"):
-                # a prompt no text can be made of stays as sent, for the serializer to mend
-                out.append(_try(errors, "messages", partial(self._prompt_ref, message, ts, prompts), message))
+                try:
+                    out.append(self._prompt_ref(message, ts, prompts))
+                except Exception:  # a prompt no text can be made of stays as sent, for the serializer to mend
+                    errors.append("messages")
+                    out.append(message)
             else:
                 out.append(_capped_message(message, self.settings.content_max_chars))
         record["messages"] = out
@@ -212,62 +274,101 @@ class RecordBuilder:
 
     def response(self, call: Call, now: float) -> dict[str, Any]:
         """The response record: status, timings, the answer rebuilt, usage and cost."""
-        errors: list[str] = []
-        record = {
-            **head(call, "response", now, call.model),
-            "status": call.status,
-            "latency_ms": call.latency_ms,
-            "ttft_ms": call.ttft_ms if call.stream else None,
-            **self._answer(call, errors),
-            "error": clip(call.error or call.answer.error, ERROR_CHARS),
-            "upstream_headers": _try(
-                errors, "upstream_headers", lambda: _capped_headers(call.upstream_headers), None
-            ),
-            "client_disconnected": call.client_disconnected,
-            "tool_calls_repaired": _try(errors, "tool_calls_repaired", lambda: _repaired(call), None),
-        }
+        answer = call.answer  # its parts are text by construction: folding skips (and counts) any other shape
+        limit, preview = self.settings.content_max_chars, self.settings.preview_chars
+        content, reasoning = "".join(answer.content), "".join(answer.reasoning)
+        tool_calls = _capped_tools(answer.tool_call_list(), limit) if answer.tool_calls else []
+        record = head(call, "response", now, call.model)
+        record["status"] = call.status
+        record["latency_ms"] = call.latency_ms
+        record["ttft_ms"] = call.ttft_ms if call.stream else None
+        record["finish_reason"] = clip(answer.finish_reason, NAME_CHARS)
+        record["upstream_id"] = clip(answer.upstream_id, NAME_CHARS)
+        record["has_content"] = bool(content)
+        record["has_tool_calls"] = bool(tool_calls)
+        record["content_preview"] = cap(content, preview) if content else None
+        record["content"] = cap(content, limit) if content else None
+        record["tool_calls"] = tool_calls
+        record["has_reasoning_content"] = bool(reasoning)
+        record["reasoning_content"] = cap(reasoning, limit) if reasoning else None
+        record["tokens"] = answer.usage
+        record["cost"], record["cost_source"], errors = self._cost(call.model, answer.usage)
+        record["truncated"] = answer.truncated is True
+        record["unreadable_chunks"] = answer.bad_chunks
+        record["error"] = clip(call.error or answer.error, ERROR_CHARS)
+        record["upstream_headers"] = _capped_headers(call.upstream_headers) if call.upstream_headers else None
+        record["client_disconnected"] = call.client_disconnected
+        record["tool_calls_repaired"] = None if call.tool_repair is None else call.tool_repair.report()
         if call.requested_model and call.requested_model != call.model:
-            record["requested_model"] = clip(call.requested_model, _name_cap(call))
+            names = REFUSED_CHARS if refused(call) else NAME_CHARS
+            record["requested_model"] = clip(call.requested_model, names)
         if errors:
             record["record_errors"] = errors
         return record
 
-    def _answer(self, call: Call, errors: list[str]) -> dict[str, Any]:
-        """The answer's fields of a response record, each read on its own."""
-        answer = call.answer
-        limit, preview = self.settings.content_max_chars, self.settings.preview_chars
-        content = _try(errors, "content", lambda: answer.text, "")
-        reasoning = _try(errors, "reasoning_content", lambda: answer.reasoning_text, "")
-        tool_calls = _try(errors, "tool_calls", lambda: _capped_tools(answer.tool_call_list(), limit), [])
-        cost, source = _try(errors, "cost", lambda: self._cost(call.model, answer.usage), (None, None))
-        return {
-            "finish_reason": _try(
-                errors, "finish_reason", lambda: clip(answer.finish_reason, NAME_CHARS), None
-            ),
-            "upstream_id": _try(errors, "upstream_id", lambda: clip(answer.upstream_id, NAME_CHARS), None),
-            "has_content": bool(content),
-            "has_tool_calls": bool(tool_calls),
-            "content_preview": cap(content, preview) if content else None,
-            "content": cap(content, limit) if content else None,
-            "tool_calls": tool_calls,
-            "has_reasoning_content": bool(reasoning),
-            "reasoning_content": cap(reasoning, limit) if reasoning else None,
-            "tokens": answer.usage,
-            "cost": cost,
-            "cost_source": source,
-            # Read with defaults: these attributes of the answer are newer than this module's first users.
-            "truncated": getattr(answer, "truncated", False) is True,
-            "unreadable_chunks": _count(getattr(answer, "bad_chunks", 0)),
-        }
-
-    def _cost(self, model: str | None, usage: Mapping[str, Any] | None) -> tuple[float | None, str | None]:
-        return usage_cost(self.prices, model, usage)
+    def _cost(
+        self, model: str | None, usage: dict[str, Any] | None
+    ) -> tuple[float | None, str | None, list[str]]:
+        """USD for the call and where the figure came from; `["cost"]` when the usage could not be read."""
+        if not usage:
+            return None, None, []
+        try:  # the usage is the upstream's, read as sent
+            return (*usage_cost(self.prices, model, usage), [])
+        except Exception:
+            return None, None, ["cost"]
 
 
 def _conversation(call: Call, body: dict[str, Any]) -> Any:
     """The request's messages: chat's own, or another dialect's conversation read as chat messages."""
-    dialect = dialect_of(call.endpoint)
+    dialect = None if call.endpoint is Endpoint.CHAT else dialect_of(call.endpoint)
     return body.get("messages") if dialect is None else dialect.conversation(body)
+
+
+def _first_user(messages: Any) -> dict[str, Any] | None:
+    """The first user message `messages` yields (read from the end, the last one)."""
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message
+    return None
+
+
+def _user_text(message: dict[str, Any] | None, limit: int, errors: list[str], name: str) -> str | None:
+    """The capped text of `message`; None when there is none, or (noted in `errors`) when none can be made."""
+    if message is None:
+        return None
+    try:
+        return cap(text_of(message.get("content")), limit)
+    except Exception:
+        errors.append(name)
+        return None
+
+
+def _trailing_tools(messages: Sequence[Any]) -> tuple[list[dict[str, Any]], int]:
+    """The tool messages that end the conversation, in order, and how many messages come before them."""
+    run: list[dict[str, Any]] = []
+    at = len(messages)
+    while at:
+        message = messages[at - 1]
+        if isinstance(message, dict):
+            if message.get("role") != "tool":
+                break
+            run.append(message)
+        at -= 1
+    run.reverse()
+    return run, at
+
+
+def _tool_names(messages: Sequence[Any], before: int, wanted: set[str]) -> dict[str, str]:
+    """Tool-call id -> function name, each from the latest assistant message before `before` that asked."""
+    names: dict[str, str] = {}
+    for at in range(before - 1, -1, -1):
+        message = messages[at]
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            for call_id, name in _asked_tools(message.get("tool_calls")).items():
+                names.setdefault(call_id, name)
+            if wanted <= names.keys():
+                break
+    return names
 
 
 def _asked_tools(tool_calls: Any) -> dict[str, str]:
@@ -278,10 +379,6 @@ def _asked_tools(tool_calls: Any) -> dict[str, str]:
         if isinstance(function, dict):
             names[str(tc.get("id"))] = clip(function.get("name"), NAME_CHARS) or ""
     return names
-
-
-def _content_text(message: dict[str, Any], limit: int) -> str | None:
-    return cap(text_of(message.get("content")), limit)
 
 
 def _capped_message(message: dict[str, Any], limit: int) -> dict[str, Any]:
@@ -303,13 +400,3 @@ def _capped_headers(headers: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     kept = list(headers.items())[:MAX_HEADERS]
     return {str(clip(name, HEADER_CHARS)): clip(value, HEADER_CHARS) for name, value in kept}
-
-
-def _repaired(call: Call) -> dict[str, Any] | None:
-    """What the repair of tool calls leaked as text did, or None when the call had none."""
-    repair = call.tool_repair
-    return None if repair is None else repair.report()
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

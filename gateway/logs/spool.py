@@ -10,8 +10,9 @@ tells a dead writer's leftover chunk from a live one and closes it for upload.
 
 A disk that fails (full, read-only, I/O errors, the folder removed) makes `write` raise once and then refuse
 quietly until `RETRY_S` has passed, when the next write tries again. An open chunk unlinked under us (an
-operator or a cleanup job removed the folder) still holds its records behind our descriptor: they are read
-back and re-written into a fresh chunk before anything else is appended.
+operator or a cleanup job removed the folder) still holds its records behind our descriptor, and takes the
+ones written after: at the next tick (`rotate_if_due`), or when the chunk is closed, they are all read back
+and re-written into a fresh chunk.
 """
 
 from __future__ import annotations
@@ -115,10 +116,10 @@ class Spool:
         return True
 
     def _append(self, line: bytes, ts: float) -> None:
+        # Whether the open chunk was unlinked is asked at each tick and before a chunk is closed, not here:
+        # what is appended to an unlinked chunk stays behind its descriptor, and is salvaged with the rest.
         if self._fd is None or self._due(ts) or self._size >= self.chunk_max_bytes:
             self._open(ts)
-        elif self._unlinked():
-            self._salvage()
         assert self._fd is not None
         self._append_all(self._fd, line, self._size)
         self._size += len(line)
@@ -128,7 +129,7 @@ class Spool:
         view, done = memoryview(data), 0
         try:
             while done < len(data):
-                written = self.write_fd(fd, view[done:])
+                written = self.write_fd(fd, view[done:] if done else view)
                 if written <= 0:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 done += written

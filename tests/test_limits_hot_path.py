@@ -1,0 +1,84 @@
+"""The path every call takes through the limiter with the in-process store: admitted without a suspension,
+its headers its own, its settlement applied once."""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from gateway.calls import Call
+from gateway.errors import RateLimited
+from gateway.limits.config import parse_limits
+from gateway.limits.limiter import Limiter
+from providers.base import Endpoint
+
+T = TypeVar("T")
+LIMITS = {"default": {"requests_per_minute": 3, "tokens_per_minute": 2000, "concurrent": 3}}
+BODY = {"model": "mock-gpt", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 100}
+NOW = float(calendar.timegm((2026, 3, 1, 12, 0, 0)))
+
+
+def at_once(step: Coroutine[Any, Any, T]) -> T:
+    """The coroutine's result, which it must give without suspending."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value
+    step.close()
+    raise AssertionError("it suspended: the in-process store should answer at once")
+
+
+def limiter() -> Limiter:
+    problems: list[str] = []
+    settings = parse_limits(LIMITS, problems)
+    assert not problems
+    return Limiter(settings, clock=lambda: NOW)
+
+
+def chat(request_id: str) -> Call:
+    return Call(request_id, Endpoint.CHAT, key_name="default", model="mock-gpt", body=dict(BODY))
+
+
+def headers(remaining_requests: int, remaining_tokens: int) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": str(remaining_requests),
+        "x-ratelimit-reset-requests": "1m1s",
+        "x-ratelimit-limit-tokens": "2000",
+        "x-ratelimit-remaining-tokens": str(remaining_tokens),
+        "x-ratelimit-reset-tokens": "1m1s",
+    }
+
+
+def test_an_admission_is_made_at_once_and_settled_once() -> None:
+    limits, call = limiter(), chat("a")
+    # 400 bytes of prompt are 100 tokens; with max_tokens 100, 200 are reserved
+    assert at_once(limits.admit(call, 400)) == headers(2, 1800)
+    call.status, call.answer.usage = 200, {"prompt_tokens": 90, "completion_tokens": 10, "total_tokens": 100}
+    limits.settle(call)
+    limits.settle(call)  # a second settlement changes nothing
+    rows: list[dict[str, Any]] = at_once(limits.usage("default"))["limits"]  # type: ignore[assignment]
+    used = {row["name"]: row["used"] for row in rows}
+    assert used == {
+        "default.requests_per_minute": 1,
+        "default.tokens_per_minute": 100,
+        "default.concurrent": 0,
+    }
+
+
+def test_each_answer_has_headers_of_its_own_and_a_refusal_has_them_too() -> None:
+    limits = limiter()
+    first = at_once(limits.admit(chat("a"), 400))
+    first["x-ratelimit-remaining-tokens"] = "changed by a hook"  # shared with nothing
+    assert at_once(limits.admit(chat("b"), 400)) == headers(1, 1600)
+    assert at_once(limits.admit(chat("c"), 400)) == headers(0, 1400)  # the minute's last request
+    refused = chat("d")
+    with pytest.raises(RateLimited) as caught:
+        at_once(limits.admit(refused, 400))
+    error = caught.value
+    assert refused.limited_by == "default.requests_per_minute" and refused.ticket is None
+    assert error.headers is not None and error.headers["x-ratelimit-remaining-requests"] == "0"
+    assert error.headers["Retry-After"] == "61"  # the three requests leave with their second

@@ -1,0 +1,193 @@
+"""Records go out in batches, one per turn of the event loop, and `written()` tells when they are on disk.
+
+A whole answer waits on `written()` before it leaves, so the batch must come at once, hold every call of the
+turn in one write to stdout and one to the spool, and resolve its waiters whatever came of the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_logs_hardening import a_call, new_recorder, pairs, printed, record_both, spooled
+
+from gateway.logs import recorder as recorder_module
+from gateway.logs import spool as spool_module
+from gateway.logs.recorder import MAX_PENDING, LogRecorder
+
+
+def count_writes(recorder: LogRecorder, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the writes to the spool and to stdout."""
+    writes = {"spool": 0, "stdout": 0}
+    write_stdout = recorder_module._write_all
+
+    def to_spool(fd: int, data: memoryview) -> int:
+        writes["spool"] += 1
+        return os.write(fd, data)
+
+    def to_stdout(fd: int, data: bytes) -> None:
+        writes["stdout"] += 1
+        write_stdout(fd, data)
+
+    recorder.spool.write_fd = to_spool
+    monkeypatch.setattr(recorder_module, "_write_all", to_stdout)
+    return writes
+
+
+def both(*rids: str) -> dict[str, set[str]]:
+    return {rid: {"request", "response"} for rid in rids}
+
+
+async def test_the_calls_of_one_turn_share_one_write_and_their_waiters_see_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    recorder = new_recorder(tmp_path)
+    writes = count_writes(recorder, monkeypatch)
+    assert recorder.written() is None  # nothing queued: nothing to wait for
+    calls = [a_call() for _ in range(3)]
+    waiters = []
+    for call in calls:
+        recorder.request(call)
+        recorder.response(call)
+        waiters.append(recorder.written())
+    assert spooled(tmp_path) == [] and writes == {"spool": 0, "stdout": 0}  # queued, not yet written
+    assert all(w is not None and not w.done() for w in waiters)
+    await asyncio.gather(*waiters)  # type: ignore[arg-type]
+    assert writes == {"spool": 1, "stdout": 1}
+    assert pairs(spooled(tmp_path)) == both(*(c.request_id for c in calls))
+    assert pairs(printed(capfdbinary.readouterr().out)) == both(*(c.request_id for c in calls))
+    assert recorder.written() is None and recorder.health()["records_written"] == 6
+
+
+async def test_records_are_written_in_the_next_turn_without_anyone_waiting(tmp_path: Path) -> None:
+    recorder = new_recorder(tmp_path)
+    call = a_call()
+    recorder.request(call)
+    recorder.response(call)
+    await asyncio.sleep(0)  # one turn of the loop
+    assert pairs(spooled(tmp_path)) == both(call.request_id)
+
+
+async def test_a_full_queue_is_written_at_once(tmp_path: Path) -> None:
+    recorder = new_recorder(tmp_path)
+    calls = [a_call() for _ in range(MAX_PENDING // 2)]
+    for call in calls:
+        recorder.request(call)
+        recorder.response(call)
+    assert len(spooled(tmp_path)) == MAX_PENDING  # within the turn that queued them
+    assert recorder.written() is None
+    late = a_call()
+    recorder.response(late)
+    assert len(spooled(tmp_path)) == MAX_PENDING  # the next one waits for the turn again
+    await asyncio.sleep(0)
+    assert len(spooled(tmp_path)) == MAX_PENDING + 1
+
+
+def test_without_a_running_loop_each_record_is_written_at_once(tmp_path: Path) -> None:
+    recorder = new_recorder(tmp_path)
+    call = a_call()
+    recorder.request(call)
+    recorder.response(call)
+    assert pairs(spooled(tmp_path)) == both(call.request_id) and recorder.written() is None
+
+
+async def test_a_caller_cancelled_while_waiting_cancels_only_its_own_wait(tmp_path: Path) -> None:
+    recorder = new_recorder(tmp_path)
+    calls = [a_call(), a_call()]
+
+    async def finish(call: Any) -> None:
+        recorder.request(call)
+        recorder.response(call)
+        waiter = recorder.written()
+        assert waiter is not None
+        await waiter
+
+    first, second = (asyncio.create_task(finish(call)) for call in calls)
+
+    async def cancel_first() -> None:  # runs in the same turn, while both wait for the batch
+        first.cancel()
+
+    await asyncio.wait([first, second, asyncio.create_task(cancel_first())])
+    assert first.cancelled() and second.result() is None
+    assert pairs(spooled(tmp_path)) == both(*(c.request_id for c in calls))
+
+
+async def test_waiters_are_released_when_the_spool_fails(tmp_path: Path) -> None:
+    recorder = new_recorder(tmp_path)
+
+    def failing(fd: int, data: memoryview) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    recorder.spool.write_fd = failing
+    recorder.response(a_call())
+    waiter = recorder.written()
+    assert waiter is not None
+    await asyncio.wait_for(waiter, 5)
+    assert recorder.health()["spool_error"] == "EIO: Input/output error"
+
+
+async def test_waiters_are_released_and_records_kept_when_building_or_scrubbing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = new_recorder(tmp_path)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(recorder.builder, "response", broken)
+    monkeypatch.setattr(recorder.scrubber, "lines", broken)
+    call = a_call()
+    recorder.request(call)
+    recorder.response(call)
+    waiter = recorder.written()
+    assert waiter is not None
+    await asyncio.wait_for(waiter, 5)
+    found = spooled(tmp_path)  # scrubbed one by one, the failed record in the place of the response
+    assert pairs(found) == both(call.request_id) and recorder.failed == 1
+    assert found[1]["error"] == "record could not be built: RuntimeError"
+
+
+async def test_a_batch_that_cannot_be_written_at_all_still_releases_its_waiters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = new_recorder(tmp_path)
+
+    def broken(batch: bytes, count: int) -> None:
+        raise RuntimeError("a bug past every guard")
+
+    monkeypatch.setattr(recorder, "_write", broken)
+    recorder.response(a_call())
+    waiter = recorder.written()
+    assert waiter is not None
+    await asyncio.wait_for(waiter, 5)
+    assert recorder.failed == 1 and "could not write 1 queued records: RuntimeError" in caplog.text
+
+
+def test_records_written_after_the_chunk_was_removed_are_salvaged_at_the_tick(tmp_path: Path) -> None:
+    recorder = new_recorder(tmp_path)
+    first = record_both(recorder, a_call())
+    [chunk] = tmp_path.glob("*/*.jsonl.open")
+    chunk.unlink()
+    later = [record_both(recorder, a_call()) for _ in range(3)]  # appended behind the descriptor only
+    assert spooled(tmp_path) == []
+    assert recorder._housekeep()  # the background task's tick
+    assert pairs(spooled(tmp_path)) == both(first, *later)
+    assert len(spooled(tmp_path)) == 8
+
+
+def test_a_write_asks_the_disk_nothing_but_to_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder = new_recorder(tmp_path)
+    record_both(recorder, a_call())  # the chunk is open
+    asked: list[int] = []
+    fstat = os.fstat
+    monkeypatch.setattr(spool_module.os, "fstat", lambda fd: asked.append(fd) or fstat(fd))
+    for _ in range(5):
+        record_both(recorder, a_call())
+    assert asked == []
+    recorder.spool.rotate_if_due(time.time())
+    assert len(asked) == 1  # once a tick

@@ -1,0 +1,128 @@
+"""Record building, tested on values: timestamps as `datetime` writes them, and which fields are searched."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from test_logs_units import TOOLS_BODY, make_call
+
+from gateway.config import LoggingSettings
+from gateway.logs.records import RecordBuilder, iso
+from gateway.repair import ToolCallRepair
+
+# What the gateway itself writes into a record: times, ids, counts, flags, labels and config names. Every
+# other field a client or an upstream fills, and must be among the values `RecordBuilder.chosen` hands the
+# scrubber; a new field fails the test below until it is placed on one side or the other.
+GATEWAY_MADE = {
+    "request": {
+        *("timestamp", "type", "request_id", "provider", "key_name", "endpoint", "stream", "limited_by"),
+        *("message_count", "tools_count", "tool_calls_repaired", "enable_thinking", "record_errors"),
+    },
+    "response": {
+        *("timestamp", "type", "request_id", "provider", "key_name", "endpoint", "stream", "limited_by"),
+        *("status", "latency_ms", "ttft_ms", "has_content", "has_tool_calls", "has_reasoning_content"),
+        *("content_preview", "cost", "cost_source", "truncated", "unreadable_chunks", "client_disconnected"),
+        "record_errors",
+    },
+}
+
+
+def exact(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def test_iso_writes_what_datetime_writes() -> None:
+    rng = random.Random(7)
+    edges = [0.0, 1.0, -1.0, 0.5, -0.5, 1e-7, -1e-7, 0.0078125, 86399.9999995, 1_700_000_000.0]
+    edges += [1_700_000_000 + f for f in (0.9999995, 0.9999994, 0.0000005, 0.0000015, 0.5, 0.0078125)]
+    drawn = [rng.uniform(-1e9, 4.1e9) for _ in range(50_000)]
+    drawn += [rng.randrange(4_000_000_000) + rng.randrange(2_000_000) / 2_000_000 for _ in range(50_000)]
+    drawn += [round(rng.uniform(0, 4e9), rng.randrange(8)) for _ in range(50_000)]
+    drawn += [time.time() + i / 3 for i in range(5_000)]
+    for ts in edges + drawn:
+        assert iso(ts) == exact(ts), ts
+
+
+def test_iso_leaves_out_the_fraction_of_a_whole_second_as_datetime_does() -> None:
+    assert iso(1_700_000_000.0) == "2023-11-14T22:13:20+00:00"
+    assert iso(1_700_000_000.9999996) == "2023-11-14T22:13:21+00:00"  # rounded into the next second
+    assert iso(1_700_000_000.25) == "2023-11-14T22:13:20.250000+00:00"
+
+
+def full_call() -> Any:
+    """A call with every optional field of both records filled, each value an object of its own."""
+    body = {**TOOLS_BODY, "messages": [*TOOLS_BODY["messages"], *TOOL_TURN]}
+    call = make_call(body, status=200, session_id="s-1", origin="https://app", client="cli/1", error="e")
+    call.model, call.upstream_headers = "kimi-routed", {"x-ratelimit-remaining": "9"}
+    call.tool_repair = ToolCallRepair.for_request(body)
+    assert call.tool_repair is not None
+    call.answer.add_body(
+        orjson.dumps(
+            {
+                "id": "up-1",
+                "choices": [
+                    {
+                        "message": {
+                            "content": "Ten",
+                            "reasoning_content": "hmm",
+                            "tool_calls": [{"function": {"name": "mul", "arguments": "{}"}}],
+                        },
+                        "finish_reason": "tool_calls",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+            }
+        )
+    )
+    return call
+
+
+TOOL_TURN = [
+    {"role": "assistant", "tool_calls": [{"id": "c2", "function": {"name": "add", "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": "c2", "content": "7"},
+]
+
+
+@pytest.mark.parametrize("kind", ["request", "response"])
+def test_every_field_is_made_by_the_gateway_or_searched_for_secrets(kind: str) -> None:
+    builder = RecordBuilder(LoggingSettings())
+    call = full_call()
+    record = builder.request(call)[-1] if kind == "request" else builder.response(call, time.time())
+    searched = builder.chosen(record)
+    assert searched is not None
+    for name, value in record.items():
+        if name in GATEWAY_MADE[kind]:
+            continue
+        assert value is not None and any(value is v for v in searched), f"{name} is not searched"
+    if kind == "response":  # the optional fields are there, so they were tried too
+        assert {"requested_model", "upstream_headers", "tool_calls_repaired", "tool_calls"} <= set(record)
+
+
+def test_records_holding_their_messages_and_failed_records_are_searched_whole() -> None:
+    builder = RecordBuilder(LoggingSettings(capture="full"))
+    prompt, request = builder.request(full_call())
+    assert builder.chosen(prompt) is None and builder.chosen(request) is None
+    assert builder.chosen({"type": "response", "request_id": "x", "status": 500, "error": "e"}) is None
+
+
+def test_tool_results_are_named_by_the_latest_call_that_asked_for_them() -> None:
+    messages = [
+        {"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "old"}}]},
+        {"role": "tool", "tool_call_id": "a", "content": "1"},
+        {"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "new"}}, {"id": "b"}]},
+        "not a message",
+        {"role": "tool", "tool_call_id": "a", "content": "2"},
+        7,
+        {"role": "tool", "tool_call_id": "b", "name": "given", "content": "3"},
+    ]
+    [record] = RecordBuilder(LoggingSettings()).request(make_call({"messages": messages}))
+    assert record["tool_results_this_turn"] == [
+        {"tool_call_id": "a", "name": "new", "content": "2"},
+        {"tool_call_id": "b", "name": "given", "content": "3"},
+    ]
+    assert record["message_count"] == 5
