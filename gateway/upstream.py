@@ -161,14 +161,24 @@ class Upstream:
     async def read(self, response: aiohttp.ClientResponse, provider: str, deadline: float) -> bytes:
         """The whole body up to `max_body_bytes`, mapping failures like `chunks` does."""
         limit = self.settings.max_body_bytes
+        content = response.content
+        if content.is_eof() and content.exception() is None:
+            body = content.read_nowait()  # all of it came with the headers: no timer to arm, no wait
+            if len(body) > limit:
+                raise self._too_large(provider)
+            return body
         parts, size = [], 0
         async for chunk in self.chunks(response, provider, deadline):
             size += len(chunk)
             if size > limit:
-                self.metrics.upstream_errors.labels(provider, "too_large").inc()
-                raise UpstreamTooLarge(f"The provider {provider!r} answered with more than {limit} bytes.")
+                raise self._too_large(provider)
             parts.append(chunk)
         return b"".join(parts)
+
+    def _too_large(self, provider: str) -> UpstreamTooLarge:
+        self.metrics.upstream_errors.labels(provider, "too_large").inc()
+        limit = self.settings.max_body_bytes
+        return UpstreamTooLarge(f"The provider {provider!r} answered with more than {limit} bytes.")
 
     async def get_json(self, url: str, headers: dict[str, str]) -> object:
         """A small GET (model discovery), bounded in time and size, never redirected; None on any failure."""

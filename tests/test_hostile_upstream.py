@@ -315,6 +315,18 @@ async def test_a_whole_answer_past_max_body_bytes_is_a_502(
     assert last_call(gateway).status == 502
 
 
+async def test_an_answer_past_max_body_bytes_in_one_packet_is_a_502_too(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """The read that takes a body already whole (it came with the headers) keeps the limit as well."""
+    gateway = await make_gateway(
+        gateway_config(fake_upstream.url, upstream={"max_body_bytes": 64, "retries": 0})
+    )
+    async with http.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH) as response:
+        assert response.status == 502
+        assert openai_error(await response.read())["code"] == "upstream_answer_too_large"
+
+
 # --- chunks of the wrong shape never corrupt a stream -------------------------------------------------------
 
 ODD_CHUNKS = {
