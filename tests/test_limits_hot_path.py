@@ -82,3 +82,4 @@ def test_each_answer_has_headers_of_its_own_and_a_refusal_has_them_too() -> None
     assert refused.limited_by == "default.requests_per_minute" and refused.ticket is None
     assert error.headers is not None and error.headers["x-ratelimit-remaining-requests"] == "0"
     assert error.headers["Retry-After"] == "61"  # the three requests leave with their second
+    assert error.headers["x-should-retry"] == "true"  # a sliding minute always frees room: worth a retry
