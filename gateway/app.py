@@ -46,7 +46,6 @@ def create_app(
     app.on_response_prepare.extend([add_request_id, cors.on_prepare])
     app.cleanup_ctx.append(_http_session)
     if config.limits.enabled:
-        app.on_response_prepare.append(limits.add_rate_headers)
         app.cleanup_ctx.append(limits.limits_context(env))
     if recorder is not None:
         gw.recorder = recorder

@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.cors import Handler
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge, error_body
 from gateway.ids import request_id
-from gateway.state import REQUEST_ID
+from gateway.state import RATE_HEADERS, REQUEST_ID
 
 log = logging.getLogger("gateway")
 
@@ -33,7 +33,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
-        return error_response(exc)
+        return _with_rate_headers(request, error_response(exc))
     except web.HTTPMethodNotAllowed as exc:
         return error_response(MethodNotAllowed(f"{exc.method} is not allowed on {request.path}."))
     except web.HTTPNotFound:
@@ -51,7 +51,17 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             "unhandled error in %s %s (request %s)", request.method, request.path, request[REQUEST_ID]
         )
         body = error_body("The gateway failed internally.", "server_error", code="internal_error")
-        return web.Response(status=500, body=orjson.dumps(body), content_type="application/json")
+        response = web.Response(status=500, body=orjson.dumps(body), content_type="application/json")
+        return _with_rate_headers(request, response)
+
+
+def _with_rate_headers(request: web.Request, response: web.Response) -> web.Response:
+    """An error after a call was admitted still tells the caller where its limits stand (a refusal's own
+    headers say it already)."""
+    rate = request.get(RATE_HEADERS)
+    if rate:
+        response.headers.update(rate)
+    return response
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

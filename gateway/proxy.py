@@ -122,7 +122,8 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
     check_spoken(provider, call.endpoint)
     _check_ready(provider)
     call.tool_repair = _tool_repair(call, provider)
-    request[RATE_HEADERS] = await gw.limits.admit(call, len(raw))
+    request[RATE_HEADERS] = rate = await gw.limits.admit(call, len(raw))
+    call.rate_headers = rate
     gw.log_request(call)
     provider, upstream, strip_usage = await _send(gw, call, provider, body, raw)
     call.tool_repair = _tool_repair(call, provider)  # a fallback's provider may say otherwise
@@ -340,6 +341,8 @@ async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse)
     call.status = upstream.status
     # The provider's own headers, scrubbed: a careless upstream may echo its key in any of them.
     headers = {str(k): gw.scrubber.text(v) for k, v in upstream.headers.items() if _passed(k.lower())}
+    if call.rate_headers:
+        headers.update(call.rate_headers)  # the gateway's own limits, over any the provider sent
     if upstream.status >= 400:
         call.upstream_headers = headers or None
         # Scrubbed before and after: normalizing may unescape a secret the provider wrote escaped.
@@ -360,7 +363,8 @@ async def _relay_stream(
     gw: Gateway, request: web.Request, call: Call, upstream: aiohttp.ClientResponse, strip_usage: bool
 ) -> web.StreamResponse:
     """Forward SSE events as they arrive; a failure after the first byte ends with one error event."""
-    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    headers = {**SSE_HEADERS, **call.rate_headers} if call.rate_headers else SSE_HEADERS
+    response = web.StreamResponse(status=200, headers=headers)
     await response.prepare(request)
     call.status = 200
     splitter = EventSplitter(gw.config.upstream.max_event_bytes)

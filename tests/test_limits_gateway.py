@@ -90,6 +90,9 @@ async def test_every_answer_carries_the_tightest_windows_headers(
     assert (status, headers["x-ratelimit-remaining-requests"]) == (200, "8")
     status, headers, _ = await post(http, gateway, {**CHAT, "fake": {"status": 500}})
     assert (status, headers["x-ratelimit-remaining-requests"]) == (500, "7")
+    # and so does an error of the gateway's own after admission (a redirect it refuses to follow)
+    status, headers, _ = await post(http, gateway, {**CHAT, "fake": {"status": 302, "redirect": "http://x/"}})
+    assert (status, headers["x-ratelimit-remaining-requests"]) == (502, "6")
     # the settled usage replaced each reservation: the two answered calls used 7 tokens each
     assert (await used(http, gateway))["default.tokens_per_minute"] == 2 * FAKE_TOTAL
 

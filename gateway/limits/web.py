@@ -1,4 +1,5 @@
-"""The limits in the app: their cleanup context, the headers on every answer, and the usage routes."""
+"""The limits in the app: their cleanup context and the usage routes (the proxy puts the x-ratelimit-* headers
+on its answers, the error middleware on its errors)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from gateway.limits.limiter import OPEN, Limiter
 from gateway.limits.memory import MemoryStore
 from gateway.limits.store import Store, StoreError
 from gateway.prices import SHIPPED_PATH, PriceTable, load_prices
-from gateway.state import GATEWAY, RATE_HEADERS
+from gateway.state import GATEWAY
 
 log = logging.getLogger("gateway.limits")
 REDIS_URL_ENV = "LIMITS_REDIS_URL"  # overrides `limits.redis_url`, so a password can stay in a Secret
@@ -64,13 +65,6 @@ def _prices(path: str | None, settings: LimitSettings) -> PriceTable:
     if not any(lim.metric == "cost" for rule in rules if rule for lim in rule.limits):
         return PriceTable()
     return load_prices(Path(path) if path else SHIPPED_PATH)
-
-
-async def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer to an admitted call carries its key's `x-ratelimit-*` headers."""
-    headers = request.get(RATE_HEADERS)
-    if headers:
-        response.headers.update(headers)
 
 
 async def usage(request: web.Request) -> web.Response:
