@@ -258,7 +258,6 @@ class Call:
     tool_repair: ToolCallRepair | None = None  # set when the answer is checked for tool calls leaked as text
     ticket: Ticket | None = None  # what the call's limits reserved for it, until it is settled
     limited_by: str | None = None  # the limit that refused the call (`keys.teaching.tokens_per_day`)
-    rate_headers: dict[str, str] | None = None  # the x-ratelimit-* headers its answer carries
 
     @property
     def latency_ms(self) -> float:

@@ -82,26 +82,24 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     if (dialect := dialect_of(endpoint)) is not None:
         call.answer.fold = dialect.fold()
     gw.in_flight += 1
+    hold = True  # an answer (or an error) not yet sent leaves once its records are written
     try:
         response = await _proxy(gw, request, call)
+        hold = not response.prepared  # a stream has left already
+        return response
     except GatewayError as exc:
         call.status, call.error = exc.status, exc.message
-        gw.finish(call)
-        await gw.recorded()  # the error leaves once its records are written
         raise
-    except BaseException as exc:
-        if isinstance(exc, asyncio.CancelledError | ConnectionResetError):
-            call.client_disconnected = True
-            call.status = call.status or 499  # nginx's "client closed request"
-        gw.finish(call)
+    except (asyncio.CancelledError, ConnectionResetError):
+        hold = False  # no one is waiting for it
+        call.client_disconnected = True
+        call.status = call.status or 499  # nginx's "client closed request"
         raise
-    else:
-        gw.finish(call)
-        if not response.prepared:  # a whole answer leaves once its records are written; a stream has left
-            await gw.recorded()
-        return response
     finally:
         gw.in_flight -= 1
+        gw.finish(call)
+        if hold:
+            await gw.recorded()
 
 
 async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:
@@ -122,8 +120,7 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
     check_spoken(provider, call.endpoint)
     _check_ready(provider)
     call.tool_repair = _tool_repair(call, provider)
-    request[RATE_HEADERS] = rate = await gw.limits.admit(call, len(raw))
-    call.rate_headers = rate
+    request[RATE_HEADERS] = await gw.limits.admit(call, len(raw))
     gw.log_request(call)
     provider, upstream, strip_usage = await _send(gw, call, provider, body, raw)
     call.tool_repair = _tool_repair(call, provider)  # a fallback's provider may say otherwise
@@ -132,7 +129,7 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
         if upstream.content_type == "text/event-stream" and upstream.status == 200:
             response: web.StreamResponse = await _relay_stream(gw, request, call, upstream, strip_usage)
         else:
-            response = await _relay_body(gw, call, upstream)
+            response = await _relay_body(gw, request, call, upstream)
         done = not call.client_disconnected
         return response
     finally:
@@ -334,15 +331,17 @@ def _build(
     return upstream, strip_usage
 
 
-async def _relay_body(gw: Gateway, call: Call, upstream: aiohttp.ClientResponse) -> web.Response:
+async def _relay_body(
+    gw: Gateway, request: web.Request, call: Call, upstream: aiohttp.ClientResponse
+) -> web.Response:
     """A whole answer: the upstream status and body, errors in OpenAI shape with secrets scrubbed."""
     raw = await gw.upstream.read(upstream, call.provider or "", call.deadline)
     call.first_byte = call.first_byte or time.perf_counter()
     call.status = upstream.status
     # The provider's own headers, scrubbed: a careless upstream may echo its key in any of them.
     headers = {str(k): gw.scrubber.text(v) for k, v in upstream.headers.items() if _passed(k.lower())}
-    if call.rate_headers:
-        headers.update(call.rate_headers)  # the gateway's own limits, over any the provider sent
+    if rate := request[RATE_HEADERS]:
+        headers.update(rate)  # the gateway's own limits, over any the provider sent
     if upstream.status >= 400:
         call.upstream_headers = headers or None
         # Scrubbed before and after: normalizing may unescape a secret the provider wrote escaped.
@@ -363,7 +362,7 @@ async def _relay_stream(
     gw: Gateway, request: web.Request, call: Call, upstream: aiohttp.ClientResponse, strip_usage: bool
 ) -> web.StreamResponse:
     """Forward SSE events as they arrive; a failure after the first byte ends with one error event."""
-    headers = {**SSE_HEADERS, **call.rate_headers} if call.rate_headers else SSE_HEADERS
+    headers = {**SSE_HEADERS, **rate} if (rate := request[RATE_HEADERS]) else SSE_HEADERS
     response = web.StreamResponse(status=200, headers=headers)
     await response.prepare(request)
     call.status = 200

@@ -9,6 +9,7 @@ An OpenAI-compatible provider is a handful of lines; see `providers/nimbus.py`.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,8 +34,8 @@ class Endpoint(enum.Enum):
     COUNT_TOKENS = "/messages/count_tokens"
     RAW = ""  # /llm: the body goes to the provider's configured endpoint untouched
 
-    @property
-    def label(self) -> str:
+    @functools.cached_property
+    def label(self) -> str:  # read for every record: kept on the member after the first time
         return _LABELS.get(self.name, self.name.lower())
 
     @property

@@ -129,15 +129,10 @@ def head(call: Call, kind: str, ts: float, model: str | None) -> dict[str, Any]:
         "model": clip(model, names),
         "origin": clip(call.origin, names if short else ORIGIN_CHARS),
         "key_name": call.key_name,
-        "endpoint": _label(call.endpoint),
+        "endpoint": call.endpoint.label,
         "stream": call.stream,
         "limited_by": call.limited_by,
     }
-
-
-def _label(endpoint: Endpoint) -> str:
-    # An enum member hashes (and names itself) in Python: the usual endpoint is told by identity alone.
-    return "chat.completions" if endpoint is Endpoint.CHAT else endpoint.label
 
 
 @dataclass
