@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Mapping
 
-import aiohttp
 from aiohttp import web
 
-from gateway import info
+from gateway import __version__, info
 from gateway.auth import KeyRing, named_keys
 from gateway.config import Config, validate
 from gateway.cors import Cors
+from gateway.http1 import Pool
 from gateway.limits import web as limits
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, errors
@@ -44,7 +44,7 @@ def create_app(
     app[GATEWAY] = gw
     app[info.CATALOG] = info.ModelCatalog(config.upstream.models_cache_s)
     app.on_response_prepare.extend([add_request_id, cors.on_prepare])
-    app.cleanup_ctx.append(_http_session)
+    app.cleanup_ctx.append(_upstream_pool)
     if config.limits.enabled:
         app.cleanup_ctx.append(limits.limits_context(env))
     if recorder is not None:
@@ -72,18 +72,19 @@ def create_app(
     return app
 
 
-async def _http_session(app: web.Application) -> AsyncIterator[None]:
-    """The one client session every provider shares: its pool is the gateway's upstream pool."""
+async def _upstream_pool(app: web.Application) -> AsyncIterator[None]:
+    """The one connection pool every provider shares. It keeps no cookies: an upstream's cookies must
+    never pass from one client's call to another's. Connecting is bounded here; waiting for an answer is
+    bounded per call by `Upstream` (first byte, silence, deadline)."""
     gw = app[GATEWAY]
     settings = gw.config.upstream
-    connector = aiohttp.TCPConnector(limit=settings.max_connections, ttl_dns_cache=300, keepalive_timeout=60)
-    # No cookie jar: an upstream's cookies must never pass from one client's call to another's.
-    jar = aiohttp.DummyCookieJar()
-    # Connecting is bounded here; waiting for an answer is bounded per call by `Upstream` (first byte,
-    # silence, deadline), so the session's own total (300 s by default) must not cut a long call short.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout_s)
-    async with aiohttp.ClientSession(
-        connector=connector, cookie_jar=jar, raise_for_status=False, timeout=timeout
-    ) as session:
-        gw.upstream = Upstream(session, settings, gw.metrics, gw.scrubber)
+    pool = Pool(
+        max_connections=settings.max_connections,
+        connect_timeout_s=settings.connect_timeout_s,
+        user_agent=f"open-llm-proxy/{__version__}",
+    )
+    gw.upstream = Upstream(pool, settings, gw.metrics, gw.scrubber)
+    try:
         yield
+    finally:
+        await pool.close()

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -30,6 +29,7 @@ from gateway.errors import (
     UpstreamTooLarge,
     normalize_upstream_error,
 )
+from gateway.http1 import Response
 from gateway.repair import ToolCallRepair
 from gateway.sse import DONE, EventSplitter, EventTooLarge, error_event, event_data
 from gateway.state import GATEWAY, RATE_HEADERS, REQUEST_ID, Gateway
@@ -241,7 +241,7 @@ def _describe(call: Call, body: dict[str, Any]) -> None:
 
 async def _send(
     gw: Gateway, call: Call, provider: Provider, body: dict[str, Any], raw: bytes
-) -> tuple[Provider, aiohttp.ClientResponse, bool]:
+) -> tuple[Provider, Response, bool]:
     """Send to the routed model, then to its fallbacks while the answer is a retryable failure."""
     model = call.model or ""
     # /llm forwards the client's bytes to the default provider as they are: no other model stands in for it.
@@ -331,9 +331,7 @@ def _build(
     return upstream, strip_usage
 
 
-async def _relay_body(
-    gw: Gateway, request: web.Request, call: Call, upstream: aiohttp.ClientResponse
-) -> web.Response:
+async def _relay_body(gw: Gateway, request: web.Request, call: Call, upstream: Response) -> web.Response:
     """A whole answer: the upstream status and body, errors in OpenAI shape with secrets scrubbed."""
     raw = await gw.upstream.read(upstream, call.provider or "", call.deadline)
     call.first_byte = call.first_byte or time.perf_counter()
@@ -359,7 +357,7 @@ async def _relay_body(
 
 
 async def _relay_stream(
-    gw: Gateway, request: web.Request, call: Call, upstream: aiohttp.ClientResponse, strip_usage: bool
+    gw: Gateway, request: web.Request, call: Call, upstream: Response, strip_usage: bool
 ) -> web.StreamResponse:
     """Forward SSE events as they arrive; a failure after the first byte ends with one error event."""
     headers = {**SSE_HEADERS, **rate} if (rate := request[RATE_HEADERS]) else SSE_HEADERS

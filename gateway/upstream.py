@@ -1,7 +1,7 @@
 """Talking to providers: one shared connection pool, timeouts, retries before the first byte.
 
-This is the one place where aiohttp's client exceptions become the gateway's own (`UpstreamError`,
-`UpstreamTimeout`), so nothing above it needs to know aiohttp's exception tree.
+This is the one place where the HTTP client's failures (`gateway.http1`) become the gateway's own
+(`UpstreamError`, `UpstreamTimeout`), so nothing above it needs to know how the bytes travel.
 
 Every upstream is a server we do not control: redirects are never followed (a 3xx is an error naming where
 it pointed, so no byte of a request reaches a host the config did not name), answers are asked for without
@@ -11,17 +11,16 @@ compression and read up to a size limit, and every call has a deadline however s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import random
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 
 from gateway.config import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamRedirect, UpstreamTimeout, UpstreamTooLarge
+from gateway.http1 import HTTPError, Pool, Response
 from gateway.metrics import Metrics
 from gateway.scrub import Scrubber
 from providers.base import UpstreamRequest
@@ -31,24 +30,19 @@ DISCOVERY_MAX_BYTES = 4 << 20  # a /models listing larger than this is ignored
 
 
 class Upstream:
-    """Sends upstream requests through the shared session, retrying what is safe to retry."""
+    """Sends upstream requests through the shared pool, retrying what is safe to retry."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, settings: UpstreamSettings, metrics: Metrics, scrubber: Scrubber
-    ) -> None:
-        self.session = session
+    def __init__(self, pool: Pool, settings: UpstreamSettings, metrics: Metrics, scrubber: Scrubber) -> None:
+        self.pool = pool
         self.settings = settings
         self.metrics = metrics
         self.scrubber = scrubber
 
-    async def _post(
-        self, url: str, body: bytes, headers: dict[str, str], deadline: float
-    ) -> aiohttp.ClientResponse:
+    async def _post(self, url: str, body: bytes, headers: dict[str, str], deadline: float) -> Response:
         """POST and wait for the answer's headers, under one timer: the first-byte timeout or the deadline.
 
         One `call_later` per attempt, cancelling this task when it fires, is what `asyncio.timeout` does
-        without its context-manager machinery; aiohttp's own per-request timeouts would add a total timer
-        and a read timer re-armed on every chunk. The body is watched by `IdleWatch` instead.
+        without its context-manager machinery. The body is watched by `IdleWatch` instead.
         """
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
@@ -60,7 +54,7 @@ class Upstream:
             min(remaining, self.settings.first_byte_timeout_s), expiry.fire
         )
         try:
-            return await self.session.post(url, data=body, headers=headers, allow_redirects=False)
+            return await self.pool.request("POST", url, headers, body)
         except asyncio.CancelledError:
             if expiry.fired and expiry.task.uncancel() == 0:
                 raise TimeoutError from None
@@ -70,7 +64,7 @@ class Upstream:
 
     async def send(
         self, request: UpstreamRequest, provider: str, deadline: float, *, retry: bool = True
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """The upstream's response (any status) once its headers arrive; raises UpstreamError when none came.
 
         429, 5xx and connection failures are retried with backoff, honouring Retry-After, because nothing
@@ -82,7 +76,7 @@ class Upstream:
         for attempt in range(1, attempts + 1):
             try:
                 response = await self._post(request.url, request.body, headers, deadline)
-            except (TimeoutError, aiohttp.ClientError) as exc:
+            except (TimeoutError, HTTPError) as exc:
                 failure = self._failure(exc, provider, deadline)
                 if attempt == attempts:
                     raise failure from exc
@@ -99,7 +93,7 @@ class Upstream:
             await asyncio.sleep(min(wait, self.settings.retry_max_wait_s))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _redirect(self, response: aiohttp.ClientResponse, provider: str) -> UpstreamRedirect:
+    def _redirect(self, response: Response, provider: str) -> UpstreamRedirect:
         """The error for a 3xx: it names where the provider pointed (scrubbed, cut short)."""
         location = self.scrubber.text(response.headers.get("Location", "")[:300]) or "nowhere"
         response.close()
@@ -110,7 +104,7 @@ class Upstream:
         )
 
     def _failure(self, exc: BaseException, provider: str, deadline: float) -> UpstreamError:
-        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        if isinstance(exc, TimeoutError):
             self.metrics.upstream_errors.labels(provider, "timeout").inc()
             if time.perf_counter() >= deadline:
                 return UpstreamTimeout(f"The call to {provider!r} reached its deadline.")
@@ -122,13 +116,11 @@ class Upstream:
         base = self.settings.retry_backoff_s * 2 ** (attempt - 1)
         return base * (0.5 + random.random() / 2)  # jitter, so retries from many calls spread out
 
-    async def chunks(
-        self, response: aiohttp.ClientResponse, provider: str, deadline: float
-    ) -> AsyncIterator[bytes]:
+    async def chunks(self, response: Response, provider: str, deadline: float) -> AsyncIterator[bytes]:
         """The response body as it arrives; a silence longer than idle_timeout_s raises UpstreamTimeout,
         and so does reaching the call's deadline."""
         idle = self.settings.idle_timeout_s
-        read = response.content.readany
+        read = response.readany
         watch = IdleWatch(response, idle, deadline)
         now = watch.loop.time
         try:
@@ -150,7 +142,7 @@ class Upstream:
             raise UpstreamTimeout(
                 f"The provider {provider!r} went silent for {idle:g} s mid-answer."
             ) from exc
-        except aiohttp.ClientError as exc:
+        except HTTPError as exc:
             self.metrics.upstream_errors.labels(provider, "broken_stream").inc()
             raise UpstreamError(
                 f"The provider {provider!r} broke off the answer: {type(exc).__name__}."
@@ -158,12 +150,11 @@ class Upstream:
         finally:
             watch.cancel()
 
-    async def read(self, response: aiohttp.ClientResponse, provider: str, deadline: float) -> bytes:
+    async def read(self, response: Response, provider: str, deadline: float) -> bytes:
         """The whole body up to `max_body_bytes`, mapping failures like `chunks` does."""
         limit = self.settings.max_body_bytes
-        content = response.content
-        if content.is_eof() and content.exception() is None:
-            body = content.read_nowait()  # all of it came with the headers: no timer to arm, no wait
+        if response.at_eof():
+            body = response.read_nowait()  # all of it came with the headers: no timer to arm, no wait
             if len(body) > limit:
                 raise self._too_large(provider)
             return body
@@ -182,21 +173,24 @@ class Upstream:
 
     async def get_json(self, url: str, headers: dict[str, str]) -> object:
         """A small GET (model discovery), bounded in time and size, never redirected; None on any failure."""
-        timeout = aiohttp.ClientTimeout(total=max(5.0, self.settings.connect_timeout_s))
         headers = {**headers, "Accept-Encoding": "identity"}
-        with contextlib.suppress(Exception):
-            async with self.session.get(
-                url, headers=headers, timeout=timeout, allow_redirects=False
-            ) as response:
-                if response.status == 200:
-                    parts, size = [], 0
-                    async for chunk in response.content.iter_any():
-                        size += len(chunk)
-                        if size > DISCOVERY_MAX_BYTES:
-                            return None
-                        parts.append(chunk)
-                    return orjson.loads(b"".join(parts))
-        return None
+        response: Response | None = None
+        try:
+            async with asyncio.timeout(max(5.0, self.settings.connect_timeout_s)):
+                response = await self.pool.request("GET", url, headers)
+                parts: list[bytes] = []
+                size = 0
+                while response.status == 200 and size <= DISCOVERY_MAX_BYTES:
+                    if not (chunk := await response.readany()):
+                        return orjson.loads(b"".join(parts))
+                    size += len(chunk)
+                    parts.append(chunk)
+                return None
+        except Exception:
+            return None
+        finally:
+            if response is not None:
+                response.close()
 
 
 class _Expiry:
@@ -225,7 +219,7 @@ class IdleWatch:
 
     __slots__ = ("_deadline", "_handle", "_response", "_seconds", "loop", "waiting_since")
 
-    def __init__(self, response: aiohttp.ClientResponse, seconds: float, deadline: float) -> None:
+    def __init__(self, response: Response, seconds: float, deadline: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.waiting_since: float | None = None
         self._response = response
@@ -239,7 +233,7 @@ class IdleWatch:
             return
         now, since = self.loop.time(), self.waiting_since
         if now >= self._deadline or (since is not None and now - since >= self._seconds):
-            self._response.content.set_exception(TimeoutError())
+            self._response.set_exception(TimeoutError())
             return
         due = (now if since is None else since) + self._seconds
         self._handle = self.loop.call_at(min(due, self._deadline), self._check)
