@@ -20,10 +20,14 @@ from conftest import AUTH, CHAT, MakeGateway, gateway_config
 from fake_upstream import FakeUpstream
 from redis_server import RedisServer
 
+from gateway.calls import Call
+from gateway.limits.config import parse_limits
+from gateway.limits.limiter import Limiter
 from gateway.limits.redis_store import RedisStore
 from gateway.limits.resp import Client
 from gateway.limits.store import Counter, Kind, StoreError, Verdict
 from gateway.limits.windows import bucket
+from providers.base import Endpoint
 
 URL = "/v1/chat/completions"
 
@@ -64,7 +68,9 @@ def counters(charges: list[Charge]) -> list[Counter]:
 
 
 async def admit(store: RedisStore, call_id: str, charges: list[Charge], now: float) -> Verdict:
-    return await store.admit(call_id, counters(charges), [amount for _, amount in charges], now)
+    return await store.admit(
+        call_id, store.bind(counters(charges), now), [amount for _, amount in charges], now
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the store
@@ -110,12 +116,52 @@ async def test_a_settlement_applies_once_however_often_it_is_sent(store: RedisSt
         (Counter(f"{store.prefix}:c", Kind.CONCURRENT, 2**31, 1), 1),
     )
     assert (await admit(store, "a", [tokens, slot], now)).admitted
+    bound = store.bind(counters([tokens, slot]), now)
     for _ in range(3):  # a retried batch whose first reply was lost
-        store.settle("a", counters([tokens, slot]), [-590, 0], now + 1)
-    store.settle("never-admitted", counters([tokens, slot]), [5000, 0], now + 1)
+        store.settle("a", bound, [-590, -1], now + 1)
+    store.settle("never-admitted", bound, [5000, -1], now + 1)
     assert await store.flush(5)
     assert await store.read(counters([tokens, slot]), now + 1) == (10, 0)
     assert store.health()["settled"] == 4 and store.health()["degraded"] is False
+
+
+async def test_a_minute_kept_without_its_total_is_counted_from_its_buckets(store: RedisStore) -> None:
+    """A sliding minute's hash keeps its total and its oldest bucket; one without them (as the version before
+    wrote it: buckets only) is counted from its buckets, the ones that have left deleted."""
+    now, key = 2_000_000_000.0, f"{store.prefix}:rpm"
+    buckets = {bucket(now) - 61: 7, bucket(now) - 30: 2, bucket(now): 3}
+    await store.client.execute("HSET", key, *(str(x) for pair in buckets.items() for x in pair))
+    assert (await admit(store, "a", [sliding(store, 100, 1, now)], now)).used == (5,)
+    assert await store.read(counters([sliding(store, 100, 0, now)]), now) == (6,)
+    assert await store.read(counters([sliding(store, 100, 0, now + 31)]), now + 31) == (4,)
+    assert await store.client.execute("HEXISTS", key, str(bucket(now) - 61)) == 0
+
+
+async def test_a_command_its_caller_stopped_waiting_for_keeps_the_replies_in_order(store: RedisStore) -> None:
+    abandoned = asyncio.create_task(store.client.execute("ECHO", "first"))
+    await asyncio.sleep(0)  # sent, its reply on its way
+    abandoned.cancel()
+    assert await store.client.execute("ECHO", "second") == b"second"
+    assert await store.client.execute("ECHO", "third") == b"third"
+
+
+async def test_a_settlement_is_sent_once_its_calls_task_has_ended(store: RedisStore) -> None:
+    """The gateway settles a call in its request's task before the answer is written (a non-stream answer
+    after its records, a loop turn later): the settlement is written after the answer, not before."""
+    limiter = Limiter(parse_limits({"default": {"concurrent": 1}, "key_prefix": store.prefix}, []), store)
+
+    async def request() -> tuple[object, int]:
+        call = Call("s1", Endpoint.CHAT, key_name="default", model="m", body={})
+        await limiter.admit(call, 10)
+        limiter.settle(call)
+        await asyncio.sleep(0.05)  # the answer being written
+        return store.health()["pending_settlements"], store.settled
+
+    assert await asyncio.create_task(request()) == (0, 0)
+    await asyncio.sleep(0)  # the task's end hands the settlement over
+    assert await store.flush(5) and store.settled == 1
+    usage: Any = await limiter.usage("default")
+    assert [row["used"] for row in usage["limits"]] == [0]  # the slot is free again
 
 
 async def test_a_store_restart_loses_no_acknowledged_settlement(
@@ -137,11 +183,11 @@ async def test_a_store_restart_loses_no_acknowledged_settlement(
             except StoreError:
                 unsure.append(used)  # the reply was lost: the store may or may not have admitted it
                 store.settle(
-                    call, counters([charge]), [used - 10], now
+                    call, store.bind(counters([charge]), now), [used - 10], now
                 )  # applies exactly when the admission did
                 await asyncio.sleep(0.01)
                 continue
-            store.settle(call, counters([charge]), [used - 10], now)
+            store.settle(call, store.bind(counters([charge]), now), [used - 10], now)
             acknowledged.append(used)
 
     tasks = [asyncio.create_task(caller(n)) for n in range(8)]

@@ -11,7 +11,7 @@ from gateway.limits.answers import refusal
 from gateway.limits.config import MICRO, LimitSettings, Meter, parse_limits
 from gateway.limits.memory import MemoryStore
 from gateway.limits.plan import Plan
-from gateway.limits.resp import ReplyError, _parse, pack
+from gateway.limits.resp import ReplyError, _parse, bulks, head, pack
 from gateway.limits.store import Counter, Kind, Verdict
 from gateway.limits.usage import usage_tokens
 from gateway.limits.windows import (
@@ -103,11 +103,17 @@ def sliding(limit: int, now: float, key: str = "k:rpm") -> Counter:
     return Counter(key, Kind.SLIDING, bucket(now), limit)
 
 
+async def admit(
+    store: MemoryStore, call_id: str, counters: list[Counter], amounts: list[int], now: float
+) -> Verdict:
+    return await store.admit(call_id, store.bind(counters, now), amounts, now)
+
+
 async def test_no_sixty_seconds_ever_hold_more_than_a_sliding_limit() -> None:
     store, admitted = MemoryStore(), []
     now = 10_000.0
     while now < 10_300:  # a call every 0.25 s against 20 per minute: four times the limit, for five minutes
-        if (await store.admit(f"c{now}", [sliding(20, now)], [1], now)).admitted:
+        if (await admit(store, f"c{now}", [sliding(20, now)], [1], now)).admitted:
             admitted.append(now)
         now += 0.25
     for start in admitted:
@@ -119,8 +125,8 @@ async def test_no_sixty_seconds_ever_hold_more_than_a_sliding_limit() -> None:
 async def test_a_fixed_bucket_would_let_twice_through_at_the_boundary_and_this_does_not() -> None:
     store = MemoryStore()
     t = 60_000.0 - 0.5  # half a second before a minute boundary
-    first = [await store.admit(f"a{i}", [sliding(10, t)], [1], t) for i in range(10)]
-    after = [await store.admit(f"b{i}", [sliding(10, t + 1)], [1], t + 1) for i in range(10)]
+    first = [await admit(store, f"a{i}", [sliding(10, t)], [1], t) for i in range(10)]
+    after = [await admit(store, f"b{i}", [sliding(10, t + 1)], [1], t + 1) for i in range(10)]
     assert all(v.admitted for v in first)
     assert not any(v.admitted for v in after)
 
@@ -128,8 +134,8 @@ async def test_a_fixed_bucket_would_let_twice_through_at_the_boundary_and_this_d
 async def test_an_admission_is_all_or_nothing_and_says_which_limit_refused() -> None:
     store, now = MemoryStore(), 5_000.0
     day = Counter("k:tpd:2026-01-01", Kind.CALENDAR, 86_400, 100)
-    assert (await store.admit("a", [sliding(10, now), day], [1, 60], now)).admitted
-    refused = await store.admit("b", [sliding(10, now), day], [1, 60], now)
+    assert (await admit(store, "a", [sliding(10, now), day], [1, 60], now)).admitted
+    refused = await admit(store, "b", [sliding(10, now), day], [1, 60], now)
     assert (refused.refused, refused.used) == (1, (1, 60))
     # the refused call charged nothing: the minute still holds one request
     assert await store.read([sliding(10, now), day], now) == (1, 60)
@@ -138,41 +144,67 @@ async def test_an_admission_is_all_or_nothing_and_says_which_limit_refused() -> 
 async def test_settlement_corrects_the_bucket_the_reservation_went_to() -> None:
     store, now = MemoryStore(), 7_000.0
     tokens = sliding(1000, now, "k:tpm")
-    await store.admit("a", [tokens], [600], now)
-    store.settle("a", [tokens], [-550], now + 5)  # reserved 600, used 50
-    assert await store.read([tokens], now + 5) == (50,)
-    assert (await store.read([tokens], now + 61)) == (0,)  # and it leaves with its bucket
-    store.settle("a", [tokens], [+999], now + 62)  # a bucket already gone is not brought back
-    assert await store.read([tokens], now + 62) == (0,)
+    bound = store.bind([tokens], now)
+    await store.admit("a", bound, [600], now)
+    await admit(store, "b", [sliding(1000, now + 2, "k:tpm")], [300], now + 2)  # a later bucket
+    store.settle("a", bound, [-550], now + 5)  # reserved 600, used 50
+    assert await store.read([tokens], now + 5) == (350,)
+    assert (await store.read([tokens], now + 61)) == (300,)  # and it leaves with its bucket
+    store.settle("a", bound, [+999], now + 62)  # a bucket already gone is not brought back
+    assert await store.read([tokens], now + 62) == (300,)
+
+
+async def test_a_settlement_never_takes_its_bucket_below_zero() -> None:
+    store, now = MemoryStore(), 7_000.0
+    await admit(store, "a", [sliding(1000, now, "k:tpm")], [100], now)
+    bound = store.bind([sliding(1000, now + 1, "k:tpm")], now + 1)
+    await store.admit("b", bound, [300], now + 1)
+    store.settle("b", bound, [-400], now + 1)  # it reserved 300: its bucket is left empty, a's untouched
+    assert await store.read([sliding(1000, now + 1, "k:tpm")], now + 1) == (100,)
+    assert await store.read([sliding(1000, now + 61, "k:tpm")], now + 61) == (0,)
+
+
+async def test_a_call_that_reserved_nothing_counts_what_it_used_once_the_minute_moved_on() -> None:
+    store, now = MemoryStore(), 7_000.0
+    cost = sliding(10**6, now, "k:cpm")
+    bound = store.bind([cost], now)
+    await store.admit("a", bound, [0], now)  # a model without a price: nothing reserved
+    await admit(store, "b", [sliding(10**6, now + 1, "k:cpm")], [0], now + 1)
+    store.settle("a", bound, [250], now + 2)  # what the provider said it cost
+    assert await store.read([cost], now + 2) == (250,)
 
 
 async def test_a_calendar_counter_starts_again_with_its_window() -> None:
     store = MemoryStore()
     jan = Counter("k:rpd:2026-01-31", Kind.CALENDAR, int(utc(2026, 2, 1)), 2)
     feb = Counter("k:rpd:2026-02-01", Kind.CALENDAR, int(utc(2026, 2, 2)), 2)
+    january = store.bind([jan], utc(2026, 1, 31, 23))
     for call in ("a", "b"):
-        assert (await store.admit(call, [jan], [1], utc(2026, 1, 31, 23))).admitted
-    assert not (await store.admit("c", [jan], [1], utc(2026, 1, 31, 23, 59))).admitted
-    assert (await store.admit("d", [feb], [1], utc(2026, 2, 1))).admitted
-    store.settle("a", [jan], [-1], utc(2026, 2, 1, 0, 1))  # a late settlement of a window gone: dropped
+        assert (await store.admit(call, january, [1], utc(2026, 1, 31, 23))).admitted
+    assert not (await admit(store, "c", [jan], [1], utc(2026, 1, 31, 23, 59))).admitted
+    assert (await admit(store, "d", [feb], [1], utc(2026, 2, 1))).admitted
+    store.settle("a", january, [-1], utc(2026, 2, 1, 0, 1))  # a late settlement of a window gone: dropped
     assert await store.read([jan, feb], utc(2026, 2, 1, 0, 1)) == (0, 1)
 
 
 async def test_concurrency_slots_are_freed_by_settlement() -> None:
     store, now = MemoryStore(), 1.0
     slot = Counter("k:concurrent", Kind.CONCURRENT, 3600, 2)
-    assert (await store.admit("a", [slot], [1], now)).admitted
-    assert (await store.admit("b", [slot], [1], now)).admitted
-    assert not (await store.admit("c", [slot], [1], now)).admitted
-    store.settle("a", [slot], [0], now)
-    assert (await store.admit("c", [slot], [1], now)).admitted
+    bound = store.bind([slot], now)
+    assert (await store.admit("a", bound, [1], now)).admitted
+    assert (await store.admit("b", bound, [1], now)).admitted
+    assert not (await store.admit("c", bound, [1], now)).admitted
+    store.settle("a", bound, [-1], now)  # a slot's correction frees it
+    assert (await store.admit("c", bound, [1], now)).admitted
+    assert await store.read([slot], now) == (2,)
 
 
 async def test_a_spent_budget_refuses_a_call_that_reserves_nothing() -> None:
     store, budget = MemoryStore(), Counter("k:cost:2026-01", Kind.CALENDAR, 10**10, 5 * MICRO)
-    assert (await store.admit("a", [budget], [0], 1.0)).admitted
-    store.settle("a", [budget], [5 * MICRO], 1.0)  # the price was only known at the end
-    assert not (await store.admit("b", [budget], [0], 2.0)).admitted
+    bound = store.bind([budget], 1.0)
+    assert (await store.admit("a", bound, [0], 1.0)).admitted
+    store.settle("a", bound, [5 * MICRO], 1.0)  # the price was only known at the end
+    assert not (await admit(store, "b", [budget], [0], 2.0)).admitted
 
 
 # ---------------------------------------------------------------------------------------------- answers
@@ -191,7 +223,7 @@ def test_headers_describe_the_tightest_window_of_requests_and_of_tokens() -> Non
         )
     )
     plan.counters_at(now, 3600, lambda window, at: ("2026-03-01", utc(2026, 3, 2)))
-    amounts = plan.amounts(1, 500, 0)
+    amounts = plan.pick((1, 500, 0, 1))
     assert amounts == (1, 1, 500, 1)
     assert plan.headers((10, 95, 1000, 1), amounts, admitted=True) == {
         "x-ratelimit-limit-requests": "100",  # 4 left today is tighter than 49 left this minute
@@ -295,6 +327,13 @@ def test_every_problem_in_the_section_is_one_line() -> None:
 def test_commands_are_arrays_of_bulk_strings() -> None:
     assert (
         pack("EVALSHA", "ab", 2, b"k\r\n") == b"*4\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n2\r\n$3\r\nk\r\n\r\n"
+    )
+    # arguments written as one text (ASCII) or each encoded apart (not): the same bytes, lengths in bytes
+    assert head(2) + bulks("GET", 42) == pack("GET", 42)
+    assert (
+        head(3) + bulks("SET", "clé", 7)
+        == pack("SET", "clé", 7)
+        == b"*3\r\n$3\r\nSET\r\n$4\r\ncl\xc3\xa9\r\n$1\r\n7\r\n"
     )
 
 

@@ -11,6 +11,7 @@ in flight used beyond their reservation.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from gateway.limits.answers import refusal, usage_row
 from gateway.limits.config import MICRO, LimitSettings, Meter
 from gateway.limits.memory import MemoryStore
 from gateway.limits.plan import Plan, counter_of, meters_of
-from gateway.limits.store import Counter, Store, StoreError, Verdict
+from gateway.limits.store import Store, StoreError, Verdict
 from gateway.limits.usage import usage_cost, usage_tokens
 from gateway.limits.windows import Window, day_window, month_window
 from gateway.prices import PriceTable
@@ -39,14 +40,13 @@ _COUNT_TOKENS, _EMBEDDINGS = Endpoint.COUNT_TOKENS, Endpoint.EMBEDDINGS  # an en
 
 @dataclass(slots=True)
 class Ticket:
-    """What an admitted call reserved, kept until its settlement."""
+    """What an admitted call reserved, kept (as `call.ticket`) until its settlement."""
 
     plan: Plan
-    counters: tuple[Counter, ...]  # as they were at admission: a settlement corrects the very same
+    bound: Any  # the counters as the store bound them at admission: a settlement corrects the very same
     tokens: int  # reserved: the prompt's estimate and the completion's
     cost: int  # reserved, in millionths of a USD
     prompt_tokens: int  # the prompt's estimate, used when a call ends without usage
-    settled: bool = False
     void: bool = False  # refused although the store may have admitted it: settled as if it used nothing
 
 
@@ -67,6 +67,7 @@ class Limiter:
         self.enabled = self.settings.enabled
         self._bytes_per_token = self.settings.prompt_bytes_per_token
         self._completion_estimate = self.settings.completion_tokens_estimate
+        self._model_rules = bool(self.settings.models)
         self.store: Store = store or MemoryStore()
         # The in-process store answers at once: its admissions are made without a suspension.
         self._admit_now = self.store.admit_now if isinstance(self.store, MemoryStore) else None
@@ -79,28 +80,27 @@ class Limiter:
         self._plans: dict[tuple[str, str | None], Plan] = {}
         self._calendar: tuple[float, dict[Window, tuple[str, float]]] = (0.0, {})
         self._children: dict[tuple[str, str], Any] = {}
-        self._tokens: dict[str, Any] = {}  # the tokens counter of each key: every settlement counts there
+        self._unmetered: dict[str, int] = {}  # tokens settled this loop turn, by key, not yet in the metric
 
     async def admit(self, call: Call, body_bytes: int) -> dict[str, str]:
         """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries."""
         if not self.enabled:
             return {}
         key = call.key_name or OPEN
-        rule = self.model_rule(call.model) if self.settings.models else None
+        rule = self.model_rule(call.model) if self._model_rules else None
         plan = self._plans.get((key, rule)) or self.plan(key, rule)
         if not plan.meters:
             return {}
         now = self.clock()
+        if plan.second != int(now):
+            self._bind(plan, now)
         prompt, completion = self._reservation(call, body_bytes)
         tokens = prompt + completion
         cost = self._price(call.model, prompt, completion) if plan.counts_cost else 0
-        counters = (
-            plan.counters if plan.second == int(now) else plan.counters_at(now, self.lease_s, self._window)
-        )
-        amounts = plan.amounts(1, tokens, cost)
-        call.ticket = ticket = Ticket(plan, counters, tokens, cost, prompt)
+        amounts = plan.pick((1, tokens, cost, 1))
+        call.ticket = ticket = Ticket(plan, plan.bound, tokens, cost, prompt)
         outcome = (
-            self._admit_now(call.request_id, counters, amounts, now)
+            self._admit_now(call.request_id, plan.bound, amounts, now)
             if self._admit_now is not None
             else await self._admit_in_store(call, ticket, amounts, now)
         )
@@ -111,13 +111,18 @@ class Limiter:
         call.ticket = None
         raise self._refusal(call, ticket, amounts, outcome)
 
+    def _bind(self, plan: Plan, now: float) -> None:
+        """The plan's counters, header texts and store-bound counters for the second `now` falls in."""
+        plan.counters_at(now, self.lease_s, self._window)
+        plan.bound = self.store.bind(plan.counters, now)
+
     async def _admit_in_store(
         self, call: Call, ticket: Ticket, amounts: tuple[int, ...], now: float
     ) -> list[int] | Verdict | None:
         """As `MemoryStore.admit_now` answers, from a store that is waited for; None when it failed and
         `on_store_error` lets the call through."""
         try:
-            verdict = await self.store.admit(call.request_id, ticket.counters, amounts, now)
+            verdict = await self.store.admit(call.request_id, ticket.bound, amounts, now)
             return list(verdict.used) if verdict.admitted else verdict
         except StoreError:
             self.count_store_error("admit")
@@ -130,26 +135,52 @@ class Limiter:
     def settle(self, call: Call) -> None:
         """Replace the call's reservations by what it used, free its slots; once per call."""
         ticket = call.ticket
-        if ticket is None or ticket.settled:
+        if ticket is None:
             return
-        ticket.settled = True
+        call.ticket = None  # settled
         plan = ticket.plan
         if ticket.void:
-            deltas = plan.amounts(-1, -ticket.tokens, -ticket.cost, -1)
-            self.store.settle(call.request_id, ticket.counters, deltas, self.clock())
+            self._send(call.request_id, ticket.bound, plan.pick((-1, -ticket.tokens, -ticket.cost, -1)))
             return
         usage = call.answer.usage
         prompt, completion, total = usage_tokens(usage) or self._estimated_tokens(call, ticket)
         priced = self._priced or plan.counts_cost or (isinstance(usage, dict) and "cost" in usage)
         cost = self._cost(call, prompt, completion) if priced else 0
-        # A request is a request and a slot a slot: only tokens and cost need correcting.
-        deltas = plan.amounts(0, total - ticket.tokens, cost - ticket.cost, 0)
-        self.store.settle(call.request_id, ticket.counters, deltas, self.clock())
+        tokens_delta, cost_delta = total - ticket.tokens, cost - ticket.cost
+        # A request is a request: only tokens and cost need correcting, and a slot freeing. The in-process
+        # store has nothing to do when none does; the shared one removes the call's marker all the same.
+        if self._admit_now is None:
+            self._send(call.request_id, ticket.bound, plan.pick((0, tokens_delta, cost_delta, -1)))
+        elif plan.holds_slots or (tokens_delta and plan.counts_tokens) or (cost_delta and plan.counts_cost):
+            deltas = plan.pick((0, tokens_delta, cost_delta, -1))
+            self.store.settle(call.request_id, ticket.bound, deltas, self.clock())
         if self.metrics is not None:
-            tokens = self._tokens.get(plan.key) or self._child("tokens", plan.key)
-            tokens.inc(total)
-            if cost:
-                self._child("cost", plan.key).inc(cost / MICRO)
+            self._count(plan.key, total, cost)
+
+    def _send(self, call_id: str, bound: Any, deltas: tuple[int, ...]) -> None:
+        """Hand the store a settlement: the in-process store applies it now; a shared one is given it once
+        the call's task (aiohttp's, one per request) has ended, so that writing it never holds up the answer,
+        which leaves after `Gateway.finish` (a non-stream answer once its records are written)."""
+        task = None if self._admit_now is not None else asyncio.current_task()
+        if task is None:
+            self.store.settle(call_id, bound, deltas, self.clock())
+        else:
+            task.add_done_callback(lambda _: self.store.settle(call_id, bound, deltas, self.clock()))
+
+    def _count(self, key: str, tokens: int, cost: int) -> None:
+        """The key's tokens and cost in /metrics. The tokens of the calls settled in one loop turn are added
+        at its end, in one step per key: a metric's step costs as much as a settlement."""
+        unmetered = self._unmetered
+        if not unmetered:
+            asyncio.get_running_loop().call_soon(self._meter)
+        unmetered[key] = unmetered.get(key, 0) + tokens
+        if cost:
+            self._child("cost", key).inc(cost / MICRO)
+
+    def _meter(self) -> None:
+        for key, tokens in self._unmetered.items():
+            self._child("tokens", key).inc(tokens)
+        self._unmetered.clear()
 
     async def usage(self, key: str) -> dict[str, object]:
         """What `key` has used of each of its limits (its model rules' included), and what is left."""
@@ -242,7 +273,7 @@ class Limiter:
         call.limited_by = meter.label
         if self.metrics is not None:
             self._child("refusals", plan.key, meter.label).inc()
-        error = refusal(plan.key, meter, ticket.counters[i], amounts[i], verdict, self.clock())
+        error = refusal(plan.key, meter, ticket.bound.counters[i], amounts[i], verdict, self.clock())
         error.headers = {**plan.headers(verdict.used, amounts, False), **(error.headers or {})}
         return error
 
@@ -264,8 +295,6 @@ class Limiter:
                 "store_errors": self.metrics.limit_store_errors,
             }[name]
             found = self._children[(name, *labels)] = metric.labels(*labels)  # type: ignore[index]
-            if name == "tokens":
-                self._tokens[labels[0]] = found
         return found
 
     def health(self) -> dict[str, object]:

@@ -1,8 +1,9 @@
 """What limits one key's calls to one model rule: its meters, and the counters they charge this second.
 
-A plan is made once per key and model rule. Its counters (keys, buckets, windows) and the header texts that
-go with them change at most once a second, so they are worked out once a second, not once a call: a call
-then only brings its amounts, and its headers are that second's copied with the remainders filled in.
+A plan is made once per key and model rule. Its counters (keys, buckets, windows), their form bound to the
+store, and the header texts that go with them change at most once a second, so they are worked out once a
+second, not once a call: a call then only brings its amounts, and its headers are that second's copied with
+the remainders filled in.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import Any
 
 from gateway.limits.config import Meter, Rule
 from gateway.limits.store import Counter, Kind, resets_in
@@ -69,9 +71,12 @@ class Plan:
 
     meters: tuple[Meter, ...]
     key: str = ""  # the key name whose calls it meters
+    counts_tokens: bool = False
     counts_cost: bool = False
-    second: int = -1  # the second `counters` and `template` were worked out for
+    holds_slots: bool = False  # some meter counts calls in flight: every settlement frees a slot
+    second: int = -1  # the second `counters`, `bound` and `template` were worked out for
     counters: tuple[Counter, ...] = ()
+    bound: Any = None  # `counters` as the store bound them (`Store.bind`), set with them by the limiter
     # Per header metric (requests, tokens): its three header names and its meters.
     headed: tuple[tuple[str, str, str, tuple[int, ...]], ...] = ()
     # The same when each header metric has one meter (the usual plan): its remaining header, and the meter.
@@ -80,11 +85,15 @@ class Plan:
     texts: tuple[str, ...] = ()  # each limit as a header writes it
     resets: tuple[str, ...] = ()  # each counter's reset as a header writes it, this second
     template: dict[str, str] = field(default_factory=dict)  # this second's headers, the remainders left out
-    _pick: Picker = field(default=_picker(()), init=False, repr=False)
+    # A call's four AMOUNTS (a settlement's corrections) taken to each meter's: a function, not a method,
+    # which would cost as much again.
+    pick: Picker = field(default=_picker(()), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._pick = _picker(tuple(AMOUNTS.index(m.metric) for m in self.meters))
+        self.pick = _picker(tuple(AMOUNTS.index(m.metric) for m in self.meters))
+        self.counts_tokens = "tokens" in (m.metric for m in self.meters)
         self.counts_cost = "cost" in (m.metric for m in self.meters)
+        self.holds_slots = "concurrent" in (m.metric for m in self.meters)
         self.headed = tuple(
             (*_HEADER_NAMES[metric], indices)
             for metric in _HEADER_NAMES
@@ -106,10 +115,6 @@ class Plan:
                 self.template |= {limit: self.texts[first], remaining: "0", reset: self.resets[first]}
             self.second = second
         return self.counters
-
-    def amounts(self, requests: int, tokens: int, cost: int, concurrent: int = 1) -> tuple[int, ...]:
-        """A call's amount for each meter (a settlement's correction, given corrections)."""
-        return self._pick((requests, tokens, cost, concurrent))
 
     def headers(self, used: Sequence[int], amounts: Sequence[int], admitted: bool) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` trio for requests and for tokens, each from its tightest window.

@@ -1,23 +1,24 @@
 """Counters in Redis or Valkey, shared by every worker and replica: one script call per admission, and
 settlements sent in the background, batched (one round trip for all those waiting), until acknowledged.
 
-Each admission leaves a marker key for its call; a settlement applies only while the marker is there and
-removes it, so a settlement sent twice (its first reply lost) applies once, and one for an admission whose
-reply was lost applies exactly when the admission did. No call waits on the store longer than
-`store_timeout_s`; after a failure the store is left alone for a second (the calls follow
-`on_store_error`), and settlements are retried with backoff until it answers again.
+Each admission leaves a marker for its call (its id in its calls-in-flight set, else a marker key); a
+settlement applies only while the marker is there and removes it, so a settlement sent twice (its first reply
+lost) applies once, and one for an admission whose reply was lost applies exactly when the admission did. No
+call waits on the store longer than `store_timeout_s`; after a failure the store is left alone for a second
+(the calls follow `on_store_error`), and settlements are retried with backoff until it answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from gateway.limits.resp import Client, ReplyError
+from gateway.limits.resp import Client, ReplyError, bulks, head, pack
 from gateway.limits.scripts import ADMIT, READ, SETTLE
 from gateway.limits.store import Counter, Kind, StoreError, Verdict
 from gateway.limits.windows import bucket, bucket_leaves, oldest_bucket
@@ -28,6 +29,8 @@ BATCH = 128  # settlements sent in one round trip, at most
 QUEUE_MAX = 100_000  # settlements waiting for the store; past this the oldest are dropped (and counted)
 DRAIN_S = 5.0  # at shutdown, how long waiting settlements may take
 STARTUP_S = 5.0  # at start, how long loading the scripts may take
+# A script's SHA1 is the server's name for it: known here, a command can be written before any reply.
+SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (ADMIT, SETTLE, READ)}
 
 _FAILURES = (
     ReplyError,
@@ -36,6 +39,15 @@ _FAILURES = (
     ValueError,
     TypeError,
 )  # the last two: a reply not as expected
+Settlement = tuple[str, tuple[Counter, ...], Sequence[int], float]  # call id, counters, deltas, when
+
+
+class Bound(NamedTuple):
+    """A plan's counters of one second, with the parts of their admission command every call shares."""
+
+    counters: tuple[Counter, ...]
+    head: bytes  # the command's head: EVALSHA, the script, the number of keys, the counters' keys
+    shared: bytes  # the arguments before the call's own: the second's bucket and time, each counter's own
 
 
 class RedisStore:
@@ -54,8 +66,7 @@ class RedisStore:
         self.last_error: str | None = None
         self._failing_since: float | None = None
         self._pause_until = 0.0
-        self._shas: dict[str, str] = {}
-        self._queue: asyncio.Queue[tuple[list[str], list[Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Settlement] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -65,45 +76,45 @@ class RedisStore:
 
     async def start(self) -> None:
         """Start the settler; load the scripts now, so that the first calls do not wait for it."""
-        self._task = asyncio.get_running_loop().create_task(self._settle_forever())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._settle_forever())
         try:
-            async with asyncio.timeout(STARTUP_S):
-                for script in (ADMIT, SETTLE, READ):
-                    await self._load(script)
+            for script in (ADMIT, SETTLE, READ):
+                await self._load(script, loop.time() + STARTUP_S)
         except _FAILURES as exc:  # not fatal: calls follow `on_store_error` until the store answers
             self._failed("start", exc)
 
-    async def admit(
-        self, call_id: str, counters: Sequence[Counter], amounts: Sequence[int], now: float
-    ) -> Verdict:
+    def bind(self, counters: Sequence[Counter], now: float) -> Bound:
+        """`counters` with the parts of their admission command that stay the same for a second."""
+        shared: list[str | int] = [bucket(now), oldest_bucket(now), int(now), self.lease_s, self.lease_s]
+        for c in counters:
+            shared += (c.kind.value, c.limit, c.slot)
+        n = len(counters)
+        command = bulks("EVALSHA", SHA[ADMIT], n + 1, *(c.key for c in counters))
+        size = 3 + n + 1 + len(shared) + 1 + n  # with the marker, the call id and the amounts `admit` adds
+        return Bound(tuple(counters), head(size) + command, bulks(*shared))
+
+    async def admit(self, call_id: str, bound: Bound, amounts: Sequence[int], now: float) -> Verdict:
         if time.monotonic() < self._pause_until:
             raise StoreError("the store failed a moment ago")
-        keys = [self._marker(call_id), *(c.key for c in counters)]
-        args: list[Any] = [bucket(now), oldest_bucket(now), int(now), self.lease_s, self.lease_s, call_id]
-        for c, amount in zip(counters, amounts, strict=True):
-            args += (c.kind.value, c.limit, amount, c.slot)
-        reply = await self._call("admit", ADMIT, keys, args)
+        data = b"".join((bound.head, bulks(self._marker(call_id)), bound.shared, bulks(call_id, *amounts)))
+        reply = await self._call("admit", ADMIT, data)
         refused, retry = int(reply[0]) - 1, int(reply[1])
         used = tuple(int(u) for u in reply[2:])
         return Verdict(used, refused, bucket_leaves(retry) - now if retry >= 0 else None)
 
-    def settle(self, call_id: str, counters: Sequence[Counter], deltas: Sequence[int], now: float) -> None:
-        keys, args = [self._marker(call_id)], [oldest_bucket(now), call_id]
-        for charge, delta in zip(counters, deltas, strict=True):
-            if delta or charge.kind is Kind.CONCURRENT:
-                keys.append(charge.key)
-                args += (charge.kind.value, delta, charge.slot)
+    def settle(self, call_id: str, bound: Bound, deltas: Sequence[int], now: float) -> None:
+        """Queue the settlement: the settler sends it, with those waiting, until it is acknowledged."""
         if self._queue.qsize() >= QUEUE_MAX:
             self._queue.get_nowait()
             self.dropped += 1
             self.on_error("settle_dropped")
-        self._queue.put_nowait((keys, args))
+        self._queue.put_nowait((call_id, bound.counters, deltas, now))
 
     async def read(self, counters: Sequence[Counter], now: float) -> tuple[int, ...]:
         keys = [c.key for c in counters]
-        reply = await self._call(
-            "read", READ, keys, [oldest_bucket(now), int(now), *(c.kind.value for c in counters)]
-        )
+        args = [oldest_bucket(now), int(now), *(c.kind.value for c in counters)]
+        reply = await self._call("read", READ, pack("EVALSHA", SHA[READ], len(keys), *keys, *args))
         return tuple(int(u) for u in reply)
 
     def health(self) -> dict[str, object]:
@@ -136,30 +147,30 @@ class RedisStore:
     def _marker(self, call_id: str) -> str:
         return f"{self.prefix}:call:{call_id}"
 
-    async def _call(self, operation: str, script: str, keys: list[str], args: list[Any]) -> Any:
-        """Run `script` within the timeout; StoreError (counted by the caller) when that fails."""
+    async def _call(self, operation: str, script: str, data: bytes) -> Any:
+        """Run the packed call of `script` within the timeout; StoreError (counted by the caller) when that
+        fails."""
         try:
-            async with asyncio.timeout(self.timeout_s):
-                reply = await self._eval(script, keys, args)
+            reply = await self._evalsha(script, data, asyncio.get_running_loop().time() + self.timeout_s)
         except _FAILURES as exc:
             self._failed(operation, exc)
             raise StoreError(str(exc)) from exc
         self._failing_since = None
         return reply
 
-    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        sha = self._shas.get(script) or await self._load(script)
-        try:
-            return await self.client.execute("EVALSHA", sha, len(keys), *keys, *args)
-        except ReplyError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        # the store restarted and forgot its scripts
-        return await self.client.execute("EVALSHA", await self._load(script), len(keys), *keys, *args)
+    async def _evalsha(self, script: str, data: bytes, deadline: float) -> Any:
+        reply = await self.client.request(data, deadline)
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+            await self._load(script, deadline)  # the store restarted and forgot its scripts
+            reply = await self.client.request(data, deadline)
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
 
-    async def _load(self, script: str) -> str:
-        sha = self._shas[script] = bytes(await self.client.execute("SCRIPT", "LOAD", script)).decode()
-        return sha
+    async def _load(self, script: str, deadline: float) -> None:
+        reply = await self.client.request(pack("SCRIPT", "LOAD", script), deadline)
+        if isinstance(reply, ReplyError):
+            raise reply
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         if self._failing_since is None:
@@ -174,16 +185,27 @@ class RedisStore:
             batch = [await self._queue.get()]
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._send(batch)
+            await self._send([self._settlement(*item) for item in batch])
             for _ in batch:
                 self._queue.task_done()
 
-    async def _send(self, batch: list[tuple[list[str], list[Any]]]) -> None:
+    def _settlement(
+        self, call_id: str, counters: tuple[Counter, ...], deltas: Sequence[int], now: float
+    ) -> bytes:
+        """The settlement's command: the counters with a correction, and the slots to free (which mark it)."""
+        keys = [self._marker(call_id)]
+        args: list[str | int] = [oldest_bucket(now), int(now), call_id]
+        for counter, delta in zip(counters, deltas, strict=True):
+            if delta or counter.kind is Kind.CONCURRENT:
+                keys.append(counter.key)
+                args += (counter.kind.value, delta, counter.slot)
+        return head(3 + len(keys) + len(args)) + bulks("EVALSHA", SHA[SETTLE], len(keys), *keys, *args)
+
+    async def _send(self, commands: list[bytes]) -> None:
         wait = 0.05
         while True:
             try:
-                async with asyncio.timeout(max(self.timeout_s, 1.0)):  # off the request path: more time
-                    await self._pipeline(batch)
+                await self._pipeline(commands)
             except _FAILURES as exc:
                 self._failed("settle", exc)
                 self.on_error("settle")
@@ -191,16 +213,15 @@ class RedisStore:
                 wait = min(wait * 2, 5.0)
                 continue
             self._failing_since = None
-            self.settled += len(batch)
+            self.settled += len(commands)
             return
 
-    async def _pipeline(self, batch: list[tuple[list[str], list[Any]]]) -> None:
-        sha = self._shas.get(SETTLE) or await self._load(SETTLE)
+    async def _pipeline(self, commands: list[bytes]) -> None:
+        deadline = asyncio.get_running_loop().time() + max(self.timeout_s, 1.0)  # off the request path
         for attempt in range(2):
-            commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in batch]
-            errors = [r for r in await self.client.pipeline(commands) if isinstance(r, ReplyError)]
+            errors = [r for r in await self.client.pipeline(commands, deadline) if isinstance(r, ReplyError)]
             if not errors:
                 return
             if attempt or not str(errors[0]).startswith("NOSCRIPT"):
                 raise errors[0]
-            sha = await self._load(SETTLE)  # the store restarted and forgot its scripts: send the batch again
+            await self._load(SETTLE, deadline)  # the store restarted and forgot its scripts: send them again

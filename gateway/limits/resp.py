@@ -5,19 +5,23 @@ share one connection without waiting for each other. It is all the limits store 
 replies) and costs a fraction of a general client's CPU per command, which the request path pays for twice.
 URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS), `unix:///path[?db=N]`.
 
-A connection that fails, or a command that times out (the caller's deadline), closes the connection: every
-command waiting on it fails at once, and the next command connects anew.
+Each command is sent with a deadline. One timer per connection watches them (not one per command: a timer
+costs more than the rest of a command's CPU): a command still unanswered at its deadline fails, and with it
+the connection and every command waiting on it; the next command connects anew. A command whose caller
+stopped waiting (cancelled) keeps its place: its reply, when it comes, is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import ssl
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 Reply = Any  # int, bytes, str, None, a list of replies, or a ReplyError
+_INT, _BULK, _ARRAY, _STATUS, _ERROR = b":$*+-"
 
 
 class ReplyError(Exception):
@@ -29,9 +33,11 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.waiting: collections.deque[asyncio.Future[Reply]] = collections.deque()
+        self.waiting: collections.deque[tuple[asyncio.Future[Reply], float]] = collections.deque()
         self.buffer = b""
         self.lost = False
+        self._watch: asyncio.TimerHandle | None = None
+        self._watch_at = math.inf
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio's classes
@@ -44,34 +50,79 @@ class _Protocol(asyncio.Protocol):
                 break  # the rest of the reply is still on its way
             reply, at = parsed
             if self.waiting:
-                future = self.waiting.popleft()
+                future, _ = self.waiting.popleft()
                 if not future.done():
                     future.set_result(reply)
         self.buffer = buffer[at:]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(ConnectionError(f"the store closed the connection: {exc}"))
+        self.transport = None
+        self.fail(ConnectionError(f"the store closed the connection: {exc}"))
 
-    def send(self, *commands: tuple[Any, ...]) -> list[asyncio.Future[Reply]]:
-        assert self.transport is not None
+    def expect(self, deadline: float) -> asyncio.Future[Reply]:
+        """The future of the reply to the next command written, which fails at `deadline` (loop time)."""
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in commands]
-        self.waiting.extend(futures)
-        self.transport.write(b"".join(pack(*command) for command in commands))
-        return futures
+        future = loop.create_future()
+        self.waiting.append((future, deadline))
+        if deadline < self._watch_at:
+            self._arm(loop, deadline)
+        return future
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def fail(self, exc: Exception) -> None:
+        """Fail every command waiting and give the connection up."""
+        self.lost = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch, self._watch_at = None, math.inf
+        while self.waiting:
+            future, _ = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch, self._watch_at = loop.call_at(deadline, self._check), deadline
+
+    def _check(self) -> None:
+        """At the earliest deadline known: fail the connection if a command passed its own, else watch on."""
+        self._watch, self._watch_at = None, math.inf
+        if not self.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        first = min(deadline for _, deadline in self.waiting)
+        if first <= loop.time():
+            self.fail(TimeoutError("the store did not answer in time"))
+        elif first < math.inf:
+            self._arm(loop, first)
 
 
 def pack(*args: Any) -> bytes:
     """One command in RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    return head(len(args)) + b"".join(map(_bulk, args))
+
+
+def head(count: int) -> bytes:
+    """The head of a command of `count` arguments, which follow it as `bulks`."""
+    return b"*%d\r\n" % count
+
+
+def bulks(*args: str | int) -> bytes:
+    """Arguments of a command as RESP bulk strings, one after another: written as one text and encoded once
+    when it is ASCII (keys and ids nearly always are), at a fraction of the cost of encoding each."""
+    text = "".join([f"${len(arg)}\r\n{arg}\r\n" for arg in map(str, args)])
+    return text.encode() if text.isascii() else b"".join(map(_bulk, args))
+
+
+def _bulk(arg: Any) -> bytes:
+    data = arg if isinstance(arg, bytes) else str(arg).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 def _parse(buffer: bytes, start: int) -> tuple[Reply, int] | None:
@@ -79,30 +130,42 @@ def _parse(buffer: bytes, start: int) -> tuple[Reply, int] | None:
     line_end = buffer.find(b"\r\n", start)
     if line_end < 0:
         return None
-    kind, line, after = buffer[start : start + 1], buffer[start + 1 : line_end], line_end + 2
-    if kind == b":":
+    kind, line, after = buffer[start], buffer[start + 1 : line_end], line_end + 2
+    if kind == _INT:
         return int(line), after
-    if kind == b"+":
-        return line.decode(), after
-    if kind == b"-":
-        return ReplyError(line.decode(errors="replace")), after
-    if kind == b"$":
+    if kind == _ARRAY:
+        return _array(buffer, int(line), after)
+    if kind == _BULK:
         size = int(line)
         if size < 0:
             return None, after
         if len(buffer) < after + size + 2:
             return None
         return buffer[after : after + size], after + size + 2
-    if kind == b"*":
-        items: list[Reply] = []
-        for _ in range(max(int(line), 0)):
-            parsed = _parse(buffer, after)
-            if parsed is None:
-                return None
-            item, after = parsed
-            items.append(item)
-        return items, after
+    if kind == _STATUS:
+        return line.decode(), after
+    if kind == _ERROR:
+        return ReplyError(line.decode(errors="replace")), after
     raise ConnectionError(f"the store sent something that is not RESP: {buffer[start : start + 20]!r}")
+
+
+def _array(buffer: bytes, count: int, at: int) -> tuple[list[Reply], int] | None:
+    """An array's `count` items from `at`; integers (all a script answers) read here, the rest by `_parse`."""
+    items: list[Reply] = []
+    for _ in range(count):
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        if buffer[at] == _INT:
+            items.append(int(buffer[at + 1 : line_end]))
+            at = line_end + 2
+            continue
+        parsed = _parse(buffer, at)
+        if parsed is None:
+            return None
+        item, at = parsed
+        items.append(item)
+    return items, at
 
 
 class Client:
@@ -113,37 +176,47 @@ class Client:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
-    async def execute(self, *args: Any) -> Reply:
+    async def request(self, data: bytes, deadline: float) -> Reply:
+        """Send one packed command; its reply (an error answered is returned, not raised). `deadline` is in
+        the loop's time: past it, the command fails with TimeoutError."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connection(deadline)
+        future = protocol.expect(deadline)
+        protocol.write(data)
+        return await future
+
+    async def pipeline(self, commands: list[bytes], deadline: float) -> list[Reply]:
+        """Send packed `commands` in one write; their replies in order (errors returned, not raised)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connection(deadline)
+        futures = [protocol.expect(deadline) for _ in commands]
+        protocol.write(b"".join(commands))
+        # gather(): when the connection fails, every future fails, and each failure is retrieved.
+        return list(await asyncio.gather(*futures))
+
+    async def execute(self, *args: Any, timeout_s: float = math.inf) -> Reply:
         """Send one command and return its reply; a ReplyError is raised."""
-        [reply] = await self.pipeline([args])
+        reply = await self.request(pack(*args), asyncio.get_running_loop().time() + timeout_s)
         if isinstance(reply, ReplyError):
             raise reply
         return reply
 
-    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Reply]:
-        """Send `commands` in one write; their replies in order (errors returned, not raised)."""
-        protocol = await self._connection()
-        futures = protocol.send(*commands)
-        try:
-            return list(await asyncio.gather(*futures))
-        except BaseException:  # a timeout or a failure: the replies still due would answer other commands
-            self._drop(protocol)
-            raise
-
     async def close(self) -> None:
         if self._protocol is not None:
-            self._drop(self._protocol)
+            self._protocol.fail(ConnectionError("the client was closed"))
+            self._protocol = None
 
-    async def _connection(self) -> _Protocol:
-        if self._protocol is not None and not self._protocol.lost:
-            return self._protocol
+    async def _connection(self, deadline: float) -> _Protocol:
         self._connecting = self._connecting or asyncio.Lock()
         async with self._connecting:  # the calls waiting meanwhile share the one connection made
             if self._protocol is None or self._protocol.lost:
-                self._protocol = await self._connect()
+                async with asyncio.timeout_at(deadline if deadline < math.inf else None):
+                    self._protocol = await self._connect(deadline)
             return self._protocol
 
-    async def _connect(self) -> _Protocol:
+    async def _connect(self, deadline: float) -> _Protocol:
         url, loop = urlsplit(self.url), asyncio.get_running_loop()
         if url.scheme == "unix":
             _, protocol = await loop.create_unix_connection(_Protocol, url.path)
@@ -159,15 +232,11 @@ class Client:
             hello.append(("AUTH", user, unquote(url.password)) if user else ("AUTH", unquote(url.password)))
         if db != "0":
             hello.append(("SELECT", db))
-        for reply in await asyncio.gather(*protocol.send(*hello)) if hello else ():
+        futures = [protocol.expect(deadline) for _ in hello]  # a hung server: the connection is given up
+        if hello:
+            protocol.write(b"".join(pack(*command) for command in hello))
+        for reply in await asyncio.gather(*futures):
             if isinstance(reply, ReplyError):
-                self._drop(protocol)
+                protocol.fail(ConnectionError("the store refused the connection"))
                 raise reply
         return protocol
-
-    def _drop(self, protocol: _Protocol) -> None:
-        if protocol.transport is not None:
-            protocol.transport.abort()
-        protocol.connection_lost(None)
-        if self._protocol is protocol:
-            self._protocol = None

@@ -2,15 +2,19 @@
 
 An admission is one atomic step over all of a call's charges: each counter is read, and only when every one
 of them has room are all of them charged. A settlement adds each charge's correction (real minus reserved)
-to the very bucket or calendar window the reservation went to, and frees the call's concurrency slots; it
-applies once per call, however often it is sent.
+to the very bucket or calendar window the reservation went to, and frees the call's concurrency slots (their
+correction is -1). The shared store applies it once per call however often it is sent; the limiter sends it
+once.
+
+A plan's counters change once a second: a store `bind`s them then, working out once what every admission
+and settlement of that second would otherwise work out again, and is given that bound form back.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.limits.windows import bucket_leaves
 
@@ -59,13 +63,13 @@ class Store(Protocol):
 
     async def start(self) -> None: ...
 
-    async def admit(
-        self, call_id: str, counters: Sequence[Counter], amounts: Sequence[int], now: float
-    ) -> Verdict: ...
+    def bind(self, counters: Sequence[Counter], now: float) -> Any:
+        """`counters` as this store admits and settles them during the second `now` falls in; the bound
+        form has them as `counters`."""
 
-    def settle(
-        self, call_id: str, counters: Sequence[Counter], deltas: Sequence[int], now: float
-    ) -> None: ...
+    async def admit(self, call_id: str, bound: Any, amounts: Sequence[int], now: float) -> Verdict: ...
+
+    def settle(self, call_id: str, bound: Any, deltas: Sequence[int], now: float) -> None: ...
 
     async def read(self, counters: Sequence[Counter], now: float) -> tuple[int, ...]: ...
 
