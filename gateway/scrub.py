@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, AnyStr, Generic
 
 REDACTED = "[REDACTED]"
@@ -42,31 +43,38 @@ _TRIGGERS = (
     b'token\\"',
     b"key_id",
 )
-# Characters from the rarest in records and prose on: each trigger is searched for from the first of these it
-# holds. A regex whose every branch starts with one literal is searched by a quick scan for those characters
-# alone; at the few places holding one, a branch reads on to the end of its trigger and only then looks back
-# at its start, so most places cost a comparison or two.
-_RARE = b"\\w3b-kc"
+# The triggers are searched for in a few passes, each a regex starting with a literal: such a regex skips to
+# it in a tight loop, where one with a choice of first bytes tests every byte against the set (many times
+# slower). The triggers holding a hyphen share a pass, those holding a `k` another: it finds that byte, reads
+# on to a trigger's end and looks back at its start. Each trigger left has a pass of its own.
+_SHARED = (b"-", b"k")
 
 
-def _from_rarest(trigger: bytes) -> bytes:
-    """A regex for `trigger` that starts at its rarest character, reads on to its end, then looks back."""
-
-    def rarity(at: int) -> int:
-        found = _RARE.find(trigger[at : at + 1])
-        return len(_RARE) if found < 0 else found
-
-    at = min(range(len(trigger)), key=rarity)
-    regex = re.escape(trigger[at:])
-    return regex + b"(?<=" + re.escape(trigger) + b")" if at else regex
+def _shared_byte(trigger: bytes) -> bytes | None:
+    return next((anchor for anchor in _SHARED if anchor in trigger), None)
 
 
-_TRIGGER = re.compile(b"|".join(_from_rarest(t) for t in _TRIGGERS))
+def _pass(anchor: bytes) -> re.Pattern[bytes]:
+    """A regex for the triggers searched by `anchor`."""
+    alternatives = []
+    for trigger in (t for t in _TRIGGERS if _shared_byte(t) == anchor):
+        at = trigger.index(anchor)
+        behind = b"(?<=" + re.escape(trigger) + b")" if at else b""
+        alternatives.append(re.escape(trigger[at + 1 :]) + behind)
+    return re.compile(re.escape(anchor) + b"(?:" + b"|".join(alternatives) + b")")
+
+
+_PASSES = (
+    *(_pass(anchor) for anchor in _SHARED),
+    *(re.compile(re.escape(trigger)) for trigger in _TRIGGERS if _shared_byte(trigger) is None),
+)
+_SEARCH = re.Pattern.search
 
 
 def may_hold_key(data: bytes) -> bool:
     """Whether `data` holds a trigger, so that it may hold a key-like string: False means it holds none."""
-    return _TRIGGER.search(data.lower()) is not None
+    # map() keeps the loop in C: most batches are short, and what a search costs is then mostly its calling.
+    return any(map(_SEARCH, _PASSES, repeat(data.lower())))
 
 
 def _keys_replaced(line: bytes) -> bytes:
@@ -96,6 +104,7 @@ _OPEN_ESCAPE = r"(?<!\\)(?:\\\\)*(\\(?:u[0-9a-fA-F]{0,3})?)\Z"
 _OPEN_ESCAPE_TEXT = re.compile(_OPEN_ESCAPE)
 _OPEN_ESCAPE_BYTES = re.compile(_OPEN_ESCAPE.encode())
 _LOOK_BACK = 64  # how much text before a match is searched for an open escape
+_SEARCHED_ALONE = 3  # anchors searched around one by one before the rest of a value is searched at once
 
 Position = str  # the characters allowed at one place of a spelling: one, or a hex digit in either case
 Option = tuple[str, int]  # a regex and the most bytes it can match
@@ -202,35 +211,59 @@ class _Finder(Generic[AnyStr]):
     after: int  # from the start of the anchor
     open_escape: re.Pattern[AnyStr]
     redacted: AnyStr
+    literal_start: bool  # the pattern starts with two plain characters: a search of a whole value is quick
+
+
+def _literal_start(secret: str) -> bool:
+    """Whether every spelling of `secret` starts with the same two characters (letters and digits)."""
+    return len(secret) >= 2 and _is_alnum(secret[0]) and _is_alnum(secret[1])
 
 
 def _redact(value: AnyStr, finder: _Finder[AnyStr]) -> AnyStr:
     """`value` with every spelling of the secret replaced; `value` itself when there is none."""
     pieces: list[AnyStr] = []
-    done = pos = 0
-    while True:
-        if finder.anchor:
-            at = value.find(finder.anchor, pos)
-            if at < 0:
-                break
-            # Only a window around the anchor can hold a match: cheap however long the value is.
-            found = finder.pattern.search(value, max(done, at - finder.before), at + finder.after)
-            if found is None:
-                pos = at + 1
-                continue
-        elif (found := finder.pattern.search(value, done)) is None:
-            break
+    done = 0
+    for found in _matches(value, finder):
         start = found.start()
         # A match that starts inside an escape (`\n` before a secret starting with `n`) takes the escape with
         # it: a lone backslash left before the replacement would break the JSON around it.
         if opened := finder.open_escape.search(value, max(done, start - _LOOK_BACK), start):
             start = opened.start(1)
         pieces += (value[done:start], finder.redacted)
-        done = pos = found.end()
+        done = found.end()
     if not pieces:
         return value
     pieces.append(value[done:])
     return value[:0].join(pieces)
+
+
+def _matches(value: AnyStr, finder: _Finder[AnyStr]) -> Iterator[re.Match[AnyStr]]:
+    """The spellings of the secret in `value`, in order: each one searched for after the one before."""
+    done = pos = seen = 0
+    while True:
+        if not finder.anchor:
+            found = finder.pattern.search(value, done)
+        elif (at := value.find(finder.anchor, pos)) < 0:
+            return
+        else:
+            begin, seen = max(done, at - finder.before), seen + 1
+            # An anchor may be a word (`sk-bench-upstream`) that text holding no secret is full of, and each
+            # costs a search: past a few, one search of all the rest says whether any spelling is left.
+            if (
+                seen == _SEARCHED_ALONE
+                and finder.literal_start
+                and finder.pattern.search(value, begin) is None
+            ):
+                return
+            # Only a window around the anchor can hold a match: cheap however long the value is.
+            found = finder.pattern.search(value, begin, at + finder.after)
+            if found is None:
+                pos = at + 1
+                continue
+        if found is None:
+            return
+        yield found
+        done = pos = found.end()
 
 
 class Scrubber:
@@ -239,10 +272,10 @@ class Scrubber:
     def __init__(self, secrets: Iterable[str]) -> None:
         # Longest first, so a secret that contains another is replaced whole.
         self.secrets = tuple(sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True))
-        patterns = [_pattern(s) for s in self.secrets]
+        patterns = [(*_pattern(s), _literal_start(s)) for s in self.secrets]
         self._in_text = tuple(
-            _Finder(anchor, re.compile(regex), before, after, _OPEN_ESCAPE_TEXT, REDACTED)
-            for regex, anchor, before, after in patterns
+            _Finder(anchor, re.compile(regex), before, after, _OPEN_ESCAPE_TEXT, REDACTED, literal)
+            for regex, anchor, before, after, literal in patterns
         )
         self._in_bytes = tuple(
             _Finder(
@@ -252,9 +285,11 @@ class Scrubber:
                 after,
                 _OPEN_ESCAPE_BYTES,
                 REDACTED.encode(),
+                literal,
             )
-            for regex, anchor, before, after in patterns
+            for regex, anchor, before, after, literal in patterns
         )
+        self._anchors = tuple(finder.anchor for finder in self._in_bytes)
 
     def text(self, value: str) -> str:
         """`value` with every known secret and key-like string replaced."""
@@ -275,9 +310,10 @@ class Scrubber:
         anchor `chosen` holds is replaced throughout `batch`; when `chosen` may hold a key-like string, each
         line of `batch` is searched for one on its own.
         """
-        for finder in self._in_bytes:
-            if finder.anchor in chosen:  # always true for a secret without an anchor
-                batch = _redact(batch, finder)
+        if self._holds_anchor(chosen):
+            for finder in self._in_bytes:
+                if finder.anchor in chosen:  # always true for a secret without an anchor
+                    batch = _redact(batch, finder)
         if not may_hold_key(chosen):
             return batch
         return b"\n".join(_keys_replaced(line) for line in batch.split(b"\n"))
@@ -291,7 +327,14 @@ class Scrubber:
 
         The common case costs one substring test per secret, and callers can tell "unchanged" by `is`.
         """
+        if not self._holds_anchor(event):
+            return event
         for finder in self._in_bytes:
             if finder.anchor in event:  # always true for a secret without an anchor
                 event = _redact(event, finder)
         return event
+
+    def _holds_anchor(self, data: bytes) -> bool:
+        """Whether `data` holds the anchor of a known secret: only then is there one to look for."""
+        # find() with map() keeps the loop in C, and costs less than `in` (which takes any buffer).
+        return max(map(data.find, self._anchors), default=-1) >= 0

@@ -12,7 +12,8 @@ import orjson
 
 from gateway.calls import Call
 from gateway.config import LoggingSettings
-from gateway.logs.records import RecordBuilder
+from gateway.limits.usage import usage_cost
+from gateway.logs.records import KNOWN_MODELS, RecordBuilder
 from gateway.logs.spool import Spool
 from gateway.prices import Price, PriceTable
 from gateway.scrub import REDACTED, Scrubber
@@ -141,6 +142,19 @@ def test_provider_reported_cost_wins_over_price_table() -> None:
     table = PriceTable({"kimi": Price(prompt=9.0, completion=9.0)})
     record = RecordBuilder(LoggingSettings(), table).response(call, time.time())
     assert (record["cost"], record["cost_source"]) == (0.25, "provider")
+
+
+def test_a_model_priced_by_prefix_costs_the_same_however_many_models_came_before() -> None:
+    table = PriceTable({"kimi": Price(prompt=1.0, completion=2.0)}, {"anthropic/claude-": Price(3.0, 15.0)})
+    builder = RecordBuilder(LoggingSettings(), table)
+    usage = {"prompt_tokens": 10, "completion_tokens": 4}
+    for n in range(3 * KNOWN_MODELS):  # more names than the builder remembers the price of
+        model = f"anthropic/claude-{n}" if n % 3 else ("kimi" if n % 2 else f"unpriced-{n}")
+        call = make_call(TOOLS_BODY, status=200, model=model)
+        call.answer.usage = usage
+        record = builder.response(call, time.time())
+        assert (record["cost"], record["cost_source"]) == usage_cost(table, model, usage), model
+    assert len(builder._prices.seen) <= KNOWN_MODELS  # the names are the clients': what they take is bounded
 
 
 def test_scrubber_hides_known_secrets_and_key_like_strings() -> None:

@@ -110,6 +110,19 @@ def test_an_anchor_without_its_secret_leaves_the_text_unchanged() -> None:
     assert scrubbed_everywhere(scrub, text) == [text] * 4
 
 
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_a_secret_is_found_behind_any_number_of_its_anchor_words(spelling: str) -> None:
+    # A key may hold a word (`upstream`) that text is full of: each is looked at in vain, then comes the key.
+    secret, words = "sk-bench-upstream", "the bench upstream said: "
+    scrub = Scrubber([secret])
+    for count in range(6):
+        text = words * count + SPELLINGS[spelling](secret) + " upstream, " + SPELLINGS[spelling](secret)
+        expected = text.replace(SPELLINGS[spelling](secret), SPELLINGS[spelling](PLACEHOLDER))
+        assert scrubbed_everywhere(scrub, text) == [expected.replace(PLACEHOLDER, REDACTED)] * 4
+    clean = (words * 8).encode()
+    assert scrub.stream(clean) is clean
+
+
 def test_a_secret_without_an_anchor_is_still_found_in_every_spelling() -> None:
     secret = "a-b/c d+e"
     scrub = Scrubber([secret])

@@ -191,6 +191,17 @@ def test_the_request_and_response_of_a_clean_call_are_searched_and_left_alone(tm
     assert [orjson.loads(line)["user_question"] for line in lines[:1]] == ["What is 2+3?"]
 
 
+def test_a_record_with_keys_that_are_not_text_is_written_and_searched_as_any_other(tmp_path: Path) -> None:
+    call = the_call()
+    call.key_name = "or-" + "x" * 20  # a name the config gave: not searched, however key-like it looks
+    answer_with(call, content="fine")
+    call.answer.usage = {1: "one", "nested": {2.5: True}}  # no JSON body makes these
+    lines = Written(tmp_path, "summary").record(call)
+    assert b'"tokens":{"1":"one","nested":{"2.5":true}}' in lines[-1]
+    record = orjson.loads(lines[-1])
+    assert record["key_name"] == call.key_name and "record_errors" not in record  # not mended, not searched
+
+
 FRAGMENTS = st.sampled_from(
     [
         *("Bearer ", "bearer\t", "BEARER  ", "sk-", "SK-", "pk-", "rk-", "or-", "olp-", "AKIA", "akia"),

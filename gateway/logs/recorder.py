@@ -39,8 +39,6 @@ MAX_DEPTH = 200  # nesting kept when a record is mended; orjson refuses anything
 TOO_DEEP = "[unserializable: nested too deep]"
 MAX_PENDING = 512  # records queued in one turn of the loop: written then, without waiting for its end
 
-LINE_OPTIONS = DUMP_OPTIONS | orjson.OPT_APPEND_NEWLINE
-
 
 class LogRecorder:
     """Writes records; `run()` closes due chunks and uploads them, backing off while S3 fails."""
@@ -130,12 +128,13 @@ class LogRecorder:
 
     def _write_batch(self, pending: list[tuple[Call, str]]) -> None:
         batch = _Batch(self.builder.chosen)
+        request, response = self.builder.request, self.builder.response
         for call, kind in pending:
             try:
                 if kind == "request":
-                    batch.add_all(self.builder.request(call))
+                    batch.add_all(request(call))
                 else:
-                    batch.add(self.builder.response(call, call.wall_end))
+                    batch.add(response(call, call.wall_end))
             except Exception as exc:  # a builder bug, or no JSON to be had: the call still gets a record
                 batch.add(self._failed_record(call, kind, exc))
         try:
@@ -312,7 +311,7 @@ class _Batch:
 
     def add(self, record: dict[str, Any]) -> None:
         try:
-            line = orjson.dumps(record, default=str, option=LINE_OPTIONS)
+            line = _serialized(record, orjson.OPT_APPEND_NEWLINE)
             values = self.chosen(record)
         except Exception:  # a record mended on the way out is searched whole
             line, values = dumps(record) + b"\n", None
@@ -328,7 +327,17 @@ class _Batch:
 
     def searched(self) -> bytes:
         """What the scrubber searches: the chosen values, serialized as in the lines; the lines kept whole."""
-        return orjson.dumps(self.values, default=str, option=DUMP_OPTIONS) + b"".join(self.whole)
+        values = _serialized(self.values)
+        return values + b"".join(self.whole) if self.whole else values
+
+
+def _serialized(value: Any, option: int = 0) -> bytes:
+    """`value` as JSON, as written with OPT_NON_STR_KEYS. That option halves orjson's speed and only keys
+    that are not text need it (a record built from JSON has none): it is used when writing without fails."""
+    try:
+        return orjson.dumps(value, default=str, option=option)
+    except TypeError:
+        return orjson.dumps(value, default=str, option=option | DUMP_OPTIONS)
 
 
 def dumps(record: dict[str, Any]) -> bytes:

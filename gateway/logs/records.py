@@ -27,7 +27,7 @@ from gateway.config import LoggingSettings
 from gateway.dialects import dialect_of
 from gateway.limits.usage import usage_cost
 from gateway.logs.prompts import PromptLedger
-from gateway.prices import PriceTable
+from gateway.prices import Price, PriceTable
 from providers.base import Endpoint
 
 NAME_CHARS = 256  # model, session_id, client, requested_model, tool names and ids, finish_reason, upstream_id
@@ -36,6 +36,7 @@ ERROR_CHARS = 2000
 HEADER_CHARS = 256  # each upstream header's name and value
 MAX_HEADERS = 20
 REFUSED_CHARS = 64  # a call refused for its key: anyone can send one, so its strings are kept short
+KNOWN_MODELS = 1024  # model names whose price is remembered
 DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 # The fields a client or an upstream chose the values of: the only ones the scrubber searches for traces of a
@@ -75,7 +76,11 @@ def iso(ts: float) -> str:
         second, micro = second + micro // 1_000_000, micro % 1_000_000
         if not micro:
             return _second(second) + "+00:00"  # as `isoformat()` writes a time without microseconds
-    return f"{_second(second)}.{micro:06d}+00:00"
+    # Two table lookups: formatting `{micro:06d}` costs more than the rest of the timestamp together.
+    return f"{_second(second)}.{_DIGITS[micro // 1000]}{_DIGITS[micro % 1000]}+00:00"
+
+
+_DIGITS = tuple(f"{n:03d}" for n in range(1000))
 
 
 @lru_cache(maxsize=4)
@@ -116,9 +121,10 @@ def refused(call: Call) -> bool:
     return call.status == 401 and call.provider is None
 
 
-def head(call: Call, kind: str, ts: float, model: str | None) -> dict[str, Any]:
-    """The fields both records of a call start with."""
-    short = refused(call)
+def head(call: Call, kind: str, ts: float, model: str | None, short: bool | None = None) -> dict[str, Any]:
+    """The fields both records of a call start with; `short` says whether it was `refused` (asked if None)."""
+    if short is None:
+        short = refused(call)
     names = REFUSED_CHARS if short else NAME_CHARS
     return {
         "timestamp": iso(ts),
@@ -135,6 +141,21 @@ def head(call: Call, kind: str, ts: float, model: str | None) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _KnownPrices(PriceTable):
+    """The price table with each model's price remembered: pricing by prefix costs a scan of them all."""
+
+    seen: dict[str | None, Price | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def lookup(self, model: str | None) -> Price | None:
+        seen = self.seen
+        if model not in seen:
+            if len(seen) >= KNOWN_MODELS:  # model names are the clients': what they take is bounded
+                seen.clear()
+            seen[model] = super().lookup(model)
+        return seen[model]
+
+
 @dataclass
 class RecordBuilder:
     """Turns calls into records under one capture setting; its ledger says which system prompts to store."""
@@ -143,18 +164,22 @@ class RecordBuilder:
     prices: PriceTable = field(default_factory=PriceTable)
     prompt_ledger: PromptLedger = field(default_factory=PromptLedger)
 
-    @property
-    def full(self) -> bool:
-        return self.settings.capture == "full"
+    def __post_init__(self) -> None:
+        # Read for every record: plain attributes rather than looked up through the settings each time.
+        self.full = self.settings.capture == "full"
+        self._limit = self.settings.content_max_chars
+        self._preview = self.settings.preview_chars
+        # The preview is the start of `content` (its marker the gateway's), unless it may be longer.
+        self._preview_searched = self._preview > self._limit
+        self._result_cap = self._limit if self.full else self._preview
+        self._prices = _KnownPrices(self.prices.models, self.prices.prefixes, self.prices.source)
 
     def chosen(self, record: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The values in `record` a client or an upstream chose; None: the whole record is to be searched."""
         kind = record.get("type")
         try:
             if kind == "response":
-                # The preview is the start of `content` (its marker the gateway's), unless it may be longer.
-                longer = self.settings.preview_chars > self.settings.content_max_chars
-                preview = record["content_preview"] if longer else None
+                preview = record["content_preview"] if self._preview_searched else None
                 return (*_RESPONSE_CHOSEN(record), record.get("requested_model"), preview)
             if kind == "request" and "messages" not in record:
                 return _REQUEST_CHOSEN(record)
@@ -166,41 +191,40 @@ class RecordBuilder:
         """The request record, preceded in `full` capture by any system prompt not stored before."""
         body = call.body if isinstance(call.body, dict) else {}
         errors: list[str] = []
-        try:
-            conversation = _conversation(call, body)
-        except Exception:
-            errors.append("messages")
-            conversation = None
-        messages: Sequence[Any] = conversation if isinstance(conversation, list) else ()
-        tools, thinking = body.get("tools"), body.get("enable_thinking")
+        messages = _messages(call, body, errors)
         short = refused(call)  # a caller without a key may not fill the logs: little of what it sent is kept
-        record = head(call, "request", call.wall_start, call.requested_model)
+        record = head(call, "request", call.wall_start, call.requested_model, short)
         record["client"] = clip(call.client, REFUSED_CHARS if short else NAME_CHARS)
         record["message_count"] = sum(map(isinstance, messages, repeat(dict)))
+        tools, thinking = body.get("tools"), body.get("enable_thinking")
         record["tools_count"] = len(tools) if isinstance(tools, list) else 0
         record["tool_calls_repaired"] = call.tool_repair is not None  # whether the answer will be checked
         record["enable_thinking"] = thinking if isinstance(thinking, bool) else None
-        self._add_questions(record, errors, call, body, messages)
+        self._add_questions(record, errors, call.endpoint, body, messages, short)
         record["tool_results_this_turn"] = [] if short else self._tool_results(messages, errors)
         prompts: list[dict[str, Any]] = []
-        full = self.full
-        if full and short:
+        if self.full and short:
             record["messages"] = record["system_prompt_sha256"] = None
-        elif full:
-            dicts = [m for m in messages if isinstance(m, dict)]
-            prompts = self._add_messages(record, errors, dicts, call.wall_start)
+        elif self.full:
+            prompts = self._add_messages(record, errors, messages, call.wall_start)
         if errors:
             record["record_errors"] = errors
-        return [*prompts, record]
+        return [*prompts, record] if prompts else [record]
 
     def _add_questions(
-        self, record: dict[str, Any], errors: list[str], call: Call, body: dict[str, Any], messages: Any
+        self,
+        record: dict[str, Any],
+        errors: list[str],
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        messages: Sequence[Any],
+        short: bool,
     ) -> None:
         """The text of the first and of the last user message (a completion's prompt is both)."""
-        limit = REFUSED_CHARS if refused(call) else self.settings.content_max_chars
+        limit = REFUSED_CHARS if short else self._limit
         first: dict[str, Any] | None
         last: dict[str, Any] | None
-        if call.endpoint is Endpoint.COMPLETIONS:
+        if endpoint is Endpoint.COMPLETIONS:
             first = last = {"content": body.get("prompt")}
         else:
             first, last = _first_user(messages), _first_user(reversed(messages))
@@ -231,25 +255,26 @@ class RecordBuilder:
             "content": cap(text_of(message.get("content")), self._result_cap),
         }
 
-    @property
-    def _result_cap(self) -> int:
-        return self.settings.content_max_chars if self.full else self.settings.preview_chars
-
     def _add_messages(
-        self, record: dict[str, Any], errors: list[str], messages: list[dict[str, Any]], ts: float
+        self, record: dict[str, Any], errors: list[str], messages: Sequence[Any], ts: float
     ) -> list[dict[str, Any]]:
         """`full` capture: the messages, system prompts replaced by their hash; new prompts as records."""
         prompts: list[dict[str, Any]] = []
         out: list[Any] = []
-        for message in messages:
+        limit = self._limit
+        for message in messages:  # an agent's conversation may be long: the usual message costs a look or two
+            if not isinstance(message, dict):
+                continue
             if message.get("role") in ("system", "developer"):
                 try:
                     out.append(self._prompt_ref(message, ts, prompts))
                 except Exception:  # a prompt no text can be made of stays as sent, for the serializer to mend
                     errors.append("messages")
                     out.append(message)
+            elif isinstance(content := message.get("content"), str) and len(content) > limit:
+                out.append({**message, "content": cap(content, limit)})
             else:
-                out.append(_capped_message(message, self.settings.content_max_chars))
+                out.append(message)
         record["messages"] = out
         record["system_prompt_sha256"] = next(
             (m["content_sha256"] for m in out if "content_sha256" in m), None
@@ -270,10 +295,10 @@ class RecordBuilder:
     def response(self, call: Call, now: float) -> dict[str, Any]:
         """The response record: status, timings, the answer rebuilt, usage and cost."""
         answer = call.answer  # its parts are text by construction: folding skips (and counts) any other shape
-        limit, preview = self.settings.content_max_chars, self.settings.preview_chars
+        limit, usage, short = self._limit, answer.usage, refused(call)
         content, reasoning = "".join(answer.content), "".join(answer.reasoning)
         tool_calls = _capped_tools(answer.tool_call_list(), limit) if answer.tool_calls else []
-        record = head(call, "response", now, call.model)
+        record = head(call, "response", now, call.model, short)
         record["status"] = call.status
         record["latency_ms"] = call.latency_ms
         record["ttft_ms"] = call.ttft_ms if call.stream else None
@@ -281,13 +306,13 @@ class RecordBuilder:
         record["upstream_id"] = clip(answer.upstream_id, NAME_CHARS)
         record["has_content"] = bool(content)
         record["has_tool_calls"] = bool(tool_calls)
-        record["content_preview"] = cap(content, preview) if content else None
+        record["content_preview"] = cap(content, self._preview) if content else None
         record["content"] = cap(content, limit) if content else None
         record["tool_calls"] = tool_calls
         record["has_reasoning_content"] = bool(reasoning)
         record["reasoning_content"] = cap(reasoning, limit) if reasoning else None
-        record["tokens"] = answer.usage
-        record["cost"], record["cost_source"], errors = self._cost(call.model, answer.usage)
+        record["tokens"] = usage
+        record["cost"], record["cost_source"], errors = self._cost(call.model, usage) if usage else _NO_COST
         record["truncated"] = answer.truncated is True
         record["unreadable_chunks"] = answer.bad_chunks
         record["error"] = clip(call.error or answer.error, ERROR_CHARS)
@@ -295,22 +320,32 @@ class RecordBuilder:
         record["client_disconnected"] = call.client_disconnected
         record["tool_calls_repaired"] = None if call.tool_repair is None else call.tool_repair.report()
         if call.requested_model and call.requested_model != call.model:
-            names = REFUSED_CHARS if refused(call) else NAME_CHARS
-            record["requested_model"] = clip(call.requested_model, names)
+            record["requested_model"] = clip(call.requested_model, REFUSED_CHARS if short else NAME_CHARS)
         if errors:
             record["record_errors"] = errors
         return record
 
-    def _cost(
-        self, model: str | None, usage: dict[str, Any] | None
-    ) -> tuple[float | None, str | None, list[str]]:
+    def _cost(self, model: str | None, usage: dict[str, Any]) -> Cost:
         """USD for the call and where the figure came from; `["cost"]` when the usage could not be read."""
-        if not usage:
-            return None, None, []
         try:  # the usage is the upstream's, read as sent
-            return (*usage_cost(self.prices, model, usage), [])
+            cost, source = usage_cost(self._prices, model, usage)
         except Exception:
             return None, None, ["cost"]
+        return cost, source, None
+
+
+Cost = tuple[float | None, str | None, list[str] | None]  # USD, where it came from, the record's errors
+_NO_COST: Cost = (None, None, None)
+
+
+def _messages(call: Call, body: dict[str, Any], errors: list[str]) -> Sequence[Any]:
+    """The conversation as a list, or empty; "messages" goes into `errors` when it could not be read."""
+    try:
+        conversation = _conversation(call, body)
+    except Exception:
+        errors.append("messages")
+        return ()
+    return conversation if isinstance(conversation, list) else ()
 
 
 def _conversation(call: Call, body: dict[str, Any]) -> Any:
@@ -374,13 +409,6 @@ def _asked_tools(tool_calls: Any) -> dict[str, str]:
         if isinstance(function, dict):
             names[str(tc.get("id"))] = clip(function.get("name"), NAME_CHARS) or ""
     return names
-
-
-def _capped_message(message: dict[str, Any], limit: int) -> dict[str, Any]:
-    content = message.get("content")
-    if isinstance(content, str) and len(content) > limit:
-        return {**message, "content": cap(content, limit)}
-    return message
 
 
 def _capped_tools(tool_calls: list[dict[str, str]], limit: int) -> list[dict[str, Any]]:
