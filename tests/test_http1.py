@@ -305,6 +305,47 @@ async def test_concurrent_requests_open_a_connection_each_then_all_are_reused(
     assert server.accepted == pool.opened == 3
 
 
+async def test_a_burst_of_new_connections_resolves_the_name_once(
+    start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+
+    async def handler(x: Exchange) -> bool:
+        await gate.wait()
+        await x.send(ok(b"%d" % x.request.conn))
+        return True
+
+    server = await start(handler)
+    url = server.url.replace("127.0.0.1", "localhost")
+    loop = asyncio.get_running_loop()
+    asked: list[str] = []
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(host: str, port: int, **kwargs: Any) -> Any:
+        asked.append(host)
+        await asyncio.sleep(0.05)  # a slow resolver: every connection of the burst is waiting on it
+        if host == "nowhere.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "no such name")
+        return [i for i in await real("127.0.0.1", port, **kwargs) if i[0] == socket.AF_INET]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    async with pooled() as pool_:
+        burst = [asyncio.create_task(body_of(pool_, url)) for _ in range(10)]
+        await until(lambda: len(server.requests) == 10, PROMPTLY_S, "ten connections")
+        gate.set()
+        assert len(await asyncio.gather(*burst)) == 10
+        assert asked == ["localhost"] and pool_.lookups == 1 and pool_.opened == 10
+        for _ in range(2):  # a failed lookup is not kept: the next connection asks again
+            with pytest.raises(ConnectFailed):
+                await pool_.request("GET", "http://nowhere.invalid/", {})
+        assert asked == ["localhost", "nowhere.invalid", "nowhere.invalid"]
+    closing = await start(replying(ok(b"bye", "Connection: close")))
+    url = closing.url.replace("127.0.0.1", "localhost")
+    async with pooled(dns_ttl_s=0) as pool_:  # past its time to live, a name is looked up again
+        assert [await body_of(pool_, url) for _ in range(2)] == [b"bye", b"bye"]
+        assert asked[3:] == ["localhost", "localhost"] and pool_.opened == 2
+
+
 @pytest.mark.parametrize(
     ("answer", "reused"),
     [

@@ -10,6 +10,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohappyeyeballs
 from yarl import URL
@@ -48,8 +49,10 @@ class Pool:
         max_idle_per_origin: int = 1024,
         user_agent: str = "open-llm-proxy",
         ssl_context: ssl.SSLContext | None = None,
+        dns_ttl_s: float = 300.0,
     ) -> None:
         self.max_connections = max_connections
+        self.dns_ttl_s = dns_ttl_s
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
         self.max_idle_per_origin = max_idle_per_origin
@@ -61,7 +64,10 @@ class Pool:
         self._connecting = 0
         self._targets: dict[tuple[str, str], _Target] = {}
         self.opened = 0  # connections made over the pool's life
+        self.lookups = 0  # name resolutions asked of the system
         self.closed = False
+        self._addresses: dict[tuple[str, int], tuple[float, list[Any]]] = {}
+        self._resolving: dict[tuple[str, int], asyncio.Future[list[Any]]] = {}
         self._swept = time.monotonic()
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
@@ -165,7 +171,7 @@ class Pool:
         tls = (self._ssl or _default_tls()) if target.tls else None
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+                infos = await self._resolve(target.host, target.port)
                 # Happy eyeballs: a host whose IPv6 route is dead still connects over IPv4 at once.
                 sock = await aiohappyeyeballs.start_connection(infos, happy_eyeballs_delay=0.25)
                 try:
@@ -182,6 +188,31 @@ class Pool:
             raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
         conn.transport = transport  # uvloop may call connection_made only after this returns
         return conn
+
+    async def _resolve(self, host: str, port: int) -> list[Any]:
+        """`host`'s addresses, kept `dns_ttl_s`: a burst of new connections (thousands of streams opening
+        at once) asks the resolver once, not once each, and never through a cluster's DNS search path N times.
+        """
+        key = (host, port)
+        cached = self._addresses.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        lookup = self._resolving.get(key)
+        if lookup is None:
+            self.lookups += 1
+            loop = asyncio.get_running_loop()
+            lookup = asyncio.ensure_future(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            self._resolving[key] = lookup
+            lookup.add_done_callback(lambda done: self._resolved(key, done))
+        return await asyncio.shield(lookup)  # one waiter giving up does not cancel the others' lookup
+
+    def _resolved(self, key: tuple[str, int], lookup: asyncio.Future[list[Any]]) -> None:
+        del self._resolving[key]
+        if lookup.cancelled() or lookup.exception() is not None:
+            return  # not kept: the next connection asks again
+        if len(self._addresses) >= 256:  # hosts come from the config: this only bounds the unexpected
+            self._addresses.clear()
+        self._addresses[key] = (time.monotonic() + self.dns_ttl_s, lookup.result())
 
     def _close_idle(self) -> bool:
         """Close the longest-idle connection of any origin to make room; False when none is idle."""
