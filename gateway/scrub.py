@@ -14,9 +14,14 @@ _KEY_LIKE = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{12,}"
     r"|\b(?:sk|pk|rk|or|olp)-[A-Za-z0-9_-]{16,}"
     r"|\bAKIA[0-9A-Z]{16}\b"
-    # values under credential-looking keys, also inside JSON that is itself a string (tool arguments)
+    # values under credential-looking keys, escapes included, up to the quote that closes them: in plain
+    # JSON that is the first unescaped quote (`"ab\"cd"` is one value); inside JSON that is itself a string
+    # (tool arguments) it is the first escaped quote not escaped again (`\"ab\\\"cd\"` is one value)
+    r'|("(?:s3_secret|s3_key|secret_access_key|aws_secret_access_key|api_key|apikey|password|passwd'
+    r'|access_token|refresh_token|client_secret|secret|token)"\s*:\s*")(?:[^"\\]|\\.){4,}'
     r'|((?:\\?")(?:s3_secret|s3_key|secret_access_key|aws_secret_access_key|api_key|apikey|password|passwd'
-    r'|access_token|refresh_token|client_secret|secret|token)(?:\\?")\s*:\s*(?:\\?"))[^"\\]{4,}'
+    r'|access_token|refresh_token|client_secret|secret|token)(?:\\?")\s*:\s*(?:\\?"))'
+    r'(?:[^"\\]|\\[^"\\]|\\\\(?:\\.|[^\\])){4,}'
     # DuckDB secrets: KEY_ID 'x', SECRET 'y'
     r"|((?:KEY_ID|SECRET)\s+')[^']{4,}"
 )

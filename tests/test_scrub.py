@@ -163,6 +163,24 @@ def test_key_like_strings_are_still_caught_by_line_and_text() -> None:
     assert scrub.raw(b"Bearer abcdefghijklmnop1234") == b"Bearer abcdefghijklmnop1234"
 
 
+CREDENTIAL_VALUES = ['ab"cdefgh', 'ab\\cd"ef\\', "plain-value-1", 'x\ny"z', '""""x']
+
+
+@pytest.mark.parametrize("value", CREDENTIAL_VALUES)
+@pytest.mark.parametrize("depth", [0, 1], ids=["plain", "in-a-string"])
+def test_a_value_under_a_credential_key_is_hidden_whole_whatever_it_escapes(value: str, depth: int) -> None:
+    """Quotes and backslashes inside the value (escaped once, or again inside a string) end nothing early."""
+    doc: object = {"password": value, "next": "kept"}
+    for _ in range(depth):
+        doc = {"args": orjson.dumps(doc).decode(), "next": "kept"}
+    text = orjson.dumps(doc).decode()
+    scrub = Scrubber([])
+    for out in (scrub.text(text), scrub.line(text.encode()).decode()):
+        for _ in range(depth):
+            out = orjson.loads(out)["args"]
+        assert orjson.loads(out) == {"password": REDACTED, "next": "kept"}
+
+
 PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 ALNUM = string.ascii_letters + string.digits
 SECRET = st.builds(
