@@ -224,6 +224,17 @@ def replying(*answers: bytes, close: bool = False, bytewise: bool = False) -> Ha
     return handler
 
 
+def held(gate: asyncio.Event, say: Callable[[Exchange], bytes] = lambda x: b"hello") -> Handler:
+    """Answer each request with `say(exchange)` once `gate` is set, keeping the connection."""
+
+    async def handler(x: Exchange) -> bool:
+        await gate.wait()
+        await x.send(ok(say(x)))
+        return True
+
+    return handler
+
+
 def then_wait(answer: bytes) -> Handler:
     """Write `answer`, then wait (boundedly) for the client to close the connection."""
 
@@ -291,12 +302,7 @@ async def test_concurrent_requests_open_a_connection_each_then_all_are_reused(
 ) -> None:
     gate = asyncio.Event()
 
-    async def handler(x: Exchange) -> bool:
-        await gate.wait()
-        await x.send(ok(b"%d" % x.request.conn))
-        return True
-
-    server = await start(handler)
+    server = await start(held(gate, lambda x: b"%d" % x.request.conn))
     first = [asyncio.create_task(body_of(pool, server.url)) for _ in range(3)]
     await until(lambda: len(server.requests) == 3, PROMPTLY_S, "three requests in flight")
     gate.set()
@@ -310,12 +316,7 @@ async def test_a_burst_of_new_connections_resolves_the_name_once(
 ) -> None:
     gate = asyncio.Event()
 
-    async def handler(x: Exchange) -> bool:
-        await gate.wait()
-        await x.send(ok(b"%d" % x.request.conn))
-        return True
-
-    server = await start(handler)
+    server = await start(held(gate, lambda x: b"%d" % x.request.conn))
     url = server.url.replace("127.0.0.1", "localhost")
     loop = asyncio.get_running_loop()
     asked: list[str] = []
@@ -1117,12 +1118,7 @@ async def test_an_idle_connection_to_another_origin_is_closed_to_make_room(start
 async def test_a_request_beyond_the_limit_waits_for_a_connection_to_come_back(start: Start) -> None:
     gate = asyncio.Event()
 
-    async def handler(x: Exchange) -> bool:
-        await gate.wait()
-        await x.send(ok(b"%d" % x.index))
-        return True
-
-    server = await start(handler)
+    server = await start(held(gate, lambda x: b"%d" % x.index))
     async with pooled(max_connections=1) as pool:
         tasks = [asyncio.create_task(body_of(pool, server.url)) for _ in range(3)]
         await until(lambda: len(server.requests) == 1, PROMPTLY_S, "the first request")
@@ -1136,12 +1132,7 @@ async def test_a_request_beyond_the_limit_waits_for_a_connection_to_come_back(st
 async def test_a_waiter_cancelled_as_it_is_woken_passes_the_turn_on(start: Start) -> None:
     gate = asyncio.Event()
 
-    async def handler(x: Exchange) -> bool:
-        await gate.wait()
-        await x.send(ok(b"%d" % x.index))
-        return True
-
-    server = await start(handler)
+    server = await start(held(gate, lambda x: b"%d" % x.index))
     async with pooled(max_connections=1) as pool:
         first = asyncio.create_task(body_of(pool, server.url))
         await until(lambda: len(server.requests) == 1, PROMPTLY_S, "the first request")
@@ -1220,12 +1211,7 @@ async def test_an_idle_connection_past_keepalive_is_not_reused(start: Start) -> 
 async def test_max_idle_per_origin_closes_the_surplus(start: Start) -> None:
     gate = asyncio.Event()
 
-    async def handler(x: Exchange) -> bool:
-        await gate.wait()
-        await x.send(ok())
-        return True
-
-    server = await start(handler)
+    server = await start(held(gate))
     async with pooled(max_idle_per_origin=1) as pool:
         tasks = [asyncio.create_task(body_of(pool, server.url)) for _ in range(3)]
         await until(lambda: len(server.requests) == 3, PROMPTLY_S, "three requests in flight")

@@ -262,13 +262,14 @@ def _encode(start: str, headers: Mapping[str, str], user_agent: str, body: bytes
     The body's framing is the client's alone: a caller's Content-Length or Transfer-Encoding could only
     contradict the one written here, and two lengths are what request smuggling is made of.
     """
-    fields = [(name, value) for name, value in headers.items() if name.lower() not in _OWN]
+    names = [name.lower() for name in headers]  # once: the framing filter and the User-Agent check use it
+    fields = [item for item, name in zip(headers.items(), names, strict=True) if name not in _OWN]
     if not all(_TOKEN.fullmatch(name) for name, _ in fields):
         raise ProtocolError("A request header's name is not a valid HTTP field name.")
     lines = "".join([f"{name}: {value}\r\n" for name, value in fields])
     if lines.count("\n") != len(fields) or lines.count("\r") != len(fields) or "\0" in lines:
         raise ProtocolError("A request header holds a line break or a NUL byte.")
-    if not any(name.lower() == "user-agent" for name, _ in fields):
+    if "user-agent" not in names:
         lines += f"User-Agent: {user_agent}\r\n"
     head = f"{start}{lines}Content-Length: {len(body)}\r\n\r\n".encode("utf-8", "surrogateescape")
     return head + body
