@@ -9,6 +9,11 @@ from itertools import repeat
 from typing import Any, AnyStr, Generic
 
 REDACTED = "[REDACTED]"
+# JSON keys whose values are credentials, whatever they look like.
+_CREDENTIAL_KEYS = (
+    r"(?:s3_secret|s3_key|secret_access_key|aws_secret_access_key|api_key|apikey|password|passwd"
+    r"|access_token|refresh_token|client_secret|secret|token)"
+)
 # Shapes of credentials worth hiding even when we do not know the value: bearer tokens, vendor keys.
 _KEY_LIKE = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{12,}"
@@ -17,11 +22,8 @@ _KEY_LIKE = re.compile(
     # values under credential-looking keys, escapes included, up to the quote that closes them: in plain
     # JSON that is the first unescaped quote (`"ab\"cd"` is one value); inside JSON that is itself a string
     # (tool arguments) it is the first escaped quote not escaped again (`\"ab\\\"cd\"` is one value)
-    r'|("(?:s3_secret|s3_key|secret_access_key|aws_secret_access_key|api_key|apikey|password|passwd'
-    r'|access_token|refresh_token|client_secret|secret|token)"\s*:\s*")(?:[^"\\]|\\.){4,}'
-    r'|((?:\\?")(?:s3_secret|s3_key|secret_access_key|aws_secret_access_key|api_key|apikey|password|passwd'
-    r'|access_token|refresh_token|client_secret|secret|token)(?:\\?")\s*:\s*(?:\\?"))'
-    r'(?:[^"\\]|\\[^"\\]|\\\\(?:\\.|[^\\])){4,}'
+    rf'|("{_CREDENTIAL_KEYS}"\s*:\s*")(?:[^"\\]|\\.){{4,}}'
+    rf'|((?:\\?"){_CREDENTIAL_KEYS}(?:\\?")\s*:\s*(?:\\?"))(?:[^"\\]|\\[^"\\]|\\\\(?:\\.|[^\\])){{4,}}'
     # DuckDB secrets: KEY_ID 'x', SECRET 'y'
     r"|((?:KEY_ID|SECRET)\s+')[^']{4,}"
 )
