@@ -1,7 +1,7 @@
 """The proxied routes: parse, authenticate, route, build the upstream request, then answer or stream.
 
-The stream loop forwards upstream bytes as they arrive, whole SSE events at a time, and feeds a copy of
-each event to the call's `Answer` only after it was written: the log tee sits beside the stream.
+Streams are relayed by `gateway.relay`, whole SSE events at a time as they arrive, each teed to the call's
+`Answer` only after it was written: the log tee sits beside the stream.
 """
 
 from __future__ import annotations
@@ -26,21 +26,18 @@ from gateway.errors import (
     PayloadTooLarge,
     ProviderUnavailable,
     RequestTimeout,
-    UpstreamTooLarge,
     normalize_upstream_error,
 )
 from gateway.http1 import Response
+from gateway.relay import relay_stream, tee
 from gateway.repair import ToolCallRepair
-from gateway.sse import DONE, EventSplitter, EventTooLarge, error_event, event_data
 from gateway.state import GATEWAY, RATE_HEADERS, REQUEST_ID, Gateway
 from gateway.upstream import RETRY_STATUSES
 from providers.base import Endpoint, InvalidBody, Provider, UpstreamRequest
 
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Upstream headers worth handing back: rate limits tell well-behaved clients when to slow down.
 _PASSED_HEADERS = frozenset({"retry-after", "openai-processing-ms"})
 _PASSED_PREFIX = ("x-ratelimit-", "anthropic-ratelimit-")
-_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _REQUIRED: dict[Endpoint, str | None] = {
     Endpoint.CHAT: "messages",
     Endpoint.COMPLETIONS: "prompt",
@@ -127,7 +124,7 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
     done = False
     try:
         if upstream.content_type == "text/event-stream" and upstream.status == 200:
-            response: web.StreamResponse = await _relay_stream(gw, request, call, upstream, strip_usage)
+            response: web.StreamResponse = await relay_stream(gw, request, call, upstream, strip_usage)
         else:
             response = await _relay_body(gw, request, call, upstream)
         done = not call.client_disconnected
@@ -352,91 +349,12 @@ async def _relay_body(gw: Gateway, request: web.Request, call: Call, upstream: R
         raw = gw.scrubber.stream(raw)
         headers["Content-Type"] = upstream.headers.get("Content-Type", "application/json")
         if call.endpoint not in _NO_ANSWER:
-            _tee(call, call.answer.add_body, raw)
+            tee(call, call.answer.add_body, raw)
     return web.Response(body=raw, status=upstream.status, headers=headers)
-
-
-async def _relay_stream(
-    gw: Gateway, request: web.Request, call: Call, upstream: Response, strip_usage: bool
-) -> web.StreamResponse:
-    """Forward SSE events as they arrive; a failure after the first byte ends with one error event."""
-    headers = {**SSE_HEADERS, **rate} if (rate := request[RATE_HEADERS]) else SSE_HEADERS
-    response = web.StreamResponse(status=200, headers=headers)
-    await response.prepare(request)
-    call.status = 200
-    splitter = EventSplitter(gw.config.upstream.max_event_bytes)
-    repair = call.tool_repair
-    gauge = gw.metrics.stream_gauge(call.provider or "", call.model)
-    gauge.inc()
-    try:
-        async for data in gw.upstream.chunks(upstream, call.provider or "", call.deadline):
-            if call.first_byte is None:
-                call.first_byte = time.perf_counter()
-            if events := _split(splitter, data, call):
-                await _forward(gw, response, call, repair.feed(events) if repair else events, strip_usage)
-        if tail := splitter.flush():
-            await _forward(gw, response, call, repair.feed([tail]) if repair else [tail], strip_usage)
-        if repair is not None:
-            await _forward(gw, response, call, repair.finish(), strip_usage)
-        await response.write_eof()
-    except GatewayError as exc:
-        upstream.close()  # an upstream cut off mid-answer is not left to go on sending
-        call.error = exc.message
-        if repair is not None:  # text held back in case it was markup is the model's: it goes out first
-            await _forward(gw, response, call, repair.finish(), strip_usage)
-        await response.write(_error_event(call, exc))
-        await response.write_eof()
-    except ConnectionResetError:
-        call.client_disconnected = True
-    finally:
-        gauge.dec()
-    return response
-
-
-def _split(splitter: EventSplitter, data: bytes, call: Call) -> list[bytes]:
-    try:
-        return splitter.feed(data)
-    except EventTooLarge as exc:
-        raise UpstreamTooLarge(
-            f"The provider {call.provider!r} sent an event over {splitter.max_event_bytes} bytes.",
-            code="upstream_event_too_large",
-        ) from exc
-
-
-async def _forward(
-    gw: Gateway, response: web.StreamResponse, call: Call, events: list[bytes], strip_usage: bool
-) -> None:
-    kept = [e for e in events if not _usage_only(e)] if strip_usage else events
-    if kept:
-        await response.write(gw.scrubber.stream(kept[0] if len(kept) == 1 else b"".join(kept)))
-    add = call.answer.add_chunk
-    for event in events:  # the tee: the answer is rebuilt after the bytes went out
-        payload = event_data(event)
-        if payload and payload != DONE:
-            _tee(call, add, payload)
-
-
-def _tee(call: Call, fold: Callable[[bytes], object], data: bytes) -> None:
-    """Fold upstream bytes into the record's answer; whatever that fails on, the client is not affected."""
-    try:
-        fold(data)
-    except Exception:  # the record says what it could not read; the client already has the bytes
-        call.answer.bad_chunks += 1
 
 
 def _passed(name: str) -> bool:
     return name in _PASSED_HEADERS or name.startswith(_PASSED_PREFIX)
-
-
-def _error_event(call: Call, exc: GatewayError) -> bytes:
-    """The gateway's error as one event of the stream's own dialect."""
-    dialect = dialect_of(call.endpoint)
-    return error_event(exc.body()) if dialect is None else dialect.error_event(exc.body())
-
-
-def _usage_only(event: bytes) -> bool:
-    """The usage chunk the gateway asked for: `"choices": []` with a `usage` object."""
-    return b'"usage"' in event and _EMPTY_CHOICES.search(event) is not None
 
 
 def _error_message(raw: bytes) -> str:

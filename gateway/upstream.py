@@ -14,13 +14,13 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import orjson
 
 from gateway.config import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamRedirect, UpstreamTimeout, UpstreamTooLarge
-from gateway.http1 import HTTPError, Pool, Response
+from gateway.http1 import HTTPError, Pool, Response, Sink
 from gateway.metrics import Metrics
 from gateway.scrub import Scrubber
 from providers.base import UpstreamRequest
@@ -116,21 +116,35 @@ class Upstream:
         base = self.settings.retry_backoff_s * 2 ** (attempt - 1)
         return base * (0.5 + random.random() / 2)  # jitter, so retries from many calls spread out
 
-    async def chunks(self, response: Response, provider: str, deadline: float) -> AsyncIterator[bytes]:
-        """The response body as it arrives; a silence longer than idle_timeout_s raises UpstreamTimeout,
-        and so does reaching the call's deadline."""
+    async def relay(
+        self,
+        response: Response,
+        provider: str,
+        deadline: float,
+        sink: Sink,
+        drain: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Hand the body to `sink` as it arrives, in the connection's callback (`Response.pump`), to its end.
+
+        When `sink` says it is full, the socket pauses while `drain()` waits for the sink's own reader. A
+        silence longer than idle_timeout_s raises UpstreamTimeout, and so does reaching the call's deadline;
+        what `sink` raises comes out as it is.
+        """
         idle = self.settings.idle_timeout_s
-        read = response.readany
         watch = IdleWatch(response, idle, deadline)
         now = watch.loop.time
+
+        def stamped(data: bytes) -> bool:
+            watch.waiting_since = now()  # a piece arrived: silence is counted from here
+            return sink(data)
+
         try:
-            while True:
+            watch.waiting_since = now()
+            while not await response.pump(stamped):
+                watch.waiting_since = None  # the client is slow, not the upstream
+                if drain is not None:
+                    await drain()
                 watch.waiting_since = now()
-                data = await read()
-                watch.waiting_since = None
-                if not data:
-                    return
-                yield data
         except TimeoutError as exc:
             if time.perf_counter() >= deadline:
                 self.metrics.upstream_errors.labels(provider, "deadline").inc()
@@ -151,19 +165,25 @@ class Upstream:
             watch.cancel()
 
     async def read(self, response: Response, provider: str, deadline: float) -> bytes:
-        """The whole body up to `max_body_bytes`, mapping failures like `chunks` does."""
+        """The whole body up to `max_body_bytes`, mapping failures like `relay` does."""
         limit = self.settings.max_body_bytes
         if response.at_eof():
             body = response.read_nowait()  # all of it came with the headers: no timer to arm, no wait
             if len(body) > limit:
                 raise self._too_large(provider)
             return body
-        parts, size = [], 0
-        async for chunk in self.chunks(response, provider, deadline):
-            size += len(chunk)
+        parts: list[bytes] = []
+        size = 0
+
+        def keep(data: bytes) -> bool:
+            nonlocal size
+            size += len(data)
             if size > limit:
                 raise self._too_large(provider)
-            parts.append(chunk)
+            parts.append(data)
+            return False
+
+        await self.relay(response, provider, deadline, keep)
         return b"".join(parts)
 
     def _too_large(self, provider: str) -> UpstreamTooLarge:
@@ -212,8 +232,8 @@ class IdleWatch:
     at the call's deadline.
 
     One timer per response that re-arms itself when it finds the reader was not waiting that long, so the
-    read loop only stamps `waiting_since` around each read: an `asyncio.timeout` around every chunk costs a
-    timer, a context manager and a cancellation check per chunk. Time the caller spends writing to its own
+    relay only stamps `waiting_since` as each piece arrives: an `asyncio.timeout` around every chunk costs a
+    timer, a context manager and a cancellation check per chunk. Time the caller spends waiting for its own
     client (while `waiting_since` is None) does not count as upstream silence; it counts toward the deadline.
     """
 

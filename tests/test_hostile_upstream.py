@@ -234,6 +234,30 @@ async def test_an_endless_stream_reaches_the_client_whole_while_its_record_stops
     assert rss_bytes() - before < 60 << 20
 
 
+async def test_a_client_that_stops_reading_pauses_its_upstream_and_then_gets_every_byte(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    gateway = await make_gateway(gateway_config(fake_upstream.url, upstream={"idle_timeout_s": 5}))
+    fake_upstream.queue(Reply(endless=True, content=DELTA_TEXT))
+    async with http.post(gateway.url + "/v1/chat/completions", json=STREAM, headers=AUTH) as response:
+        assert response.status == 200
+        received = b""
+        while len(received) < 64 << 10:
+            received += await response.content.readany()
+        first, repeated = await _endless_pattern(fake_upstream)
+        before = rss_bytes()
+        await asyncio.sleep(2)  # the client reads nothing: the upstream keeps writing as fast as it can
+        held = rss_bytes() - before
+        total = len(received)
+        assert received == _expected(first, repeated, 0, total)
+        async for data in response.content.iter_any():  # then it reads again
+            assert data == _expected(first, repeated, total, len(data)), f"bytes changed at {total}"
+            total += len(data)
+            if total > 30 << 20:
+                break
+    assert held < 24 << 20, f"{held >> 20} MiB held for a client that was not reading"
+
+
 @pytest.mark.parametrize(
     "reply",
     [Reply(endless=True, content="tick ", chunk_delay=0.05), Reply(drip=0.3)],

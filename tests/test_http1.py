@@ -985,6 +985,133 @@ async def test_release_mid_body_closes_the_connection(start: Start, pool: Pool) 
         await response.readany()
 
 
+# --- pump: the body handed to a sink in the connection's callback ----------------------------------------
+
+
+class Sink:
+    """Collects what `pump` hands over; `full_after` pieces in, it says it is full (once per pump)."""
+
+    def __init__(self, full_after: int | None = None, fail: BaseException | None = None) -> None:
+        self.pieces: list[bytes] = []
+        self.full_after = full_after
+        self.fail = fail
+
+    def __call__(self, data: bytes) -> bool:
+        self.pieces.append(data)
+        if self.fail is not None:
+            raise self.fail
+        return self.full_after is not None and len(self.pieces) >= self.full_after
+
+    @property
+    def received(self) -> bytes:
+        return b"".join(self.pieces)
+
+
+async def pumped(response: Response, sink: Sink) -> bytes:
+    """Pump the whole body into `sink` (within PROMPTLY_S), however often it says it is full."""
+    async with asyncio.timeout(PROMPTLY_S):
+        for _ in range(READ_BOUND):
+            if await response.pump(sink):
+                return sink.received
+            sink.full_after = len(sink.pieces) + 1
+    raise AssertionError("the body did not end")
+
+
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+@pytest.mark.parametrize("case", BODIES.values(), ids=BODIES.keys())
+async def test_pump_hands_over_every_framing_whole_or_split_at_every_byte(
+    start: Start, pool: Pool, case: tuple[bytes, int, bytes, bool], bytewise: bool
+) -> None:
+    answer, status, body, kept = case
+    server = await start(replying(answer, ok(b"again"), close=not kept, bytewise=bytewise))
+    response = await pool.request("GET", server.url, {})
+    assert (response.status, await pumped(response, Sink())) == (status, body)
+    assert response.complete and response.closed
+    assert await body_of(pool, server.url) == b"again"
+    assert server.accepted == (1 if kept else 2)
+
+
+async def test_a_full_sink_pauses_the_socket_until_the_next_pump(start: Start, pool: Pool) -> None:
+    sent = [0]
+    server = await start(flood(sent, 50))
+    response = await pool.request("GET", server.url, {})
+    sink = Sink(full_after=1)
+    assert await response.pump(sink) is False
+    assert await settled(lambda: sent[0]) < 25 << 20  # the server is blocked: kernel buffers are full
+    conn = response._conn
+    assert conn is not None and conn.transport is not None and not conn.transport.is_reading()
+    assert response._size <= HELD_AT_MOST  # what was in flight waits in the buffer, bounded
+    sink.full_after = None
+    assert await asyncio.wait_for(response.pump(sink), PROMPTLY_S) is True
+    assert sink.received == MIB * 50 and sent[0] == 50 << 20
+    assert await body_of(pool, server.url) == MIB * 50
+    assert server.accepted == 1
+
+
+async def test_a_sink_that_is_full_at_every_piece_still_gets_the_whole_body_in_order(
+    start: Start, pool: Pool
+) -> None:
+    server = await start(replying(chunked(*(b"%05d" % i for i in range(2000)))))
+    response = await pool.request("GET", server.url, {})
+    assert await pumped(response, Sink(full_after=1)) == b"".join(b"%05d" % i for i in range(2000))
+
+
+async def test_a_sink_that_raises_ends_the_body_and_is_handed_nothing_more(start: Start, pool: Pool) -> None:
+    sent = [0]
+    server = await start(flood(sent, 50))
+    response = await pool.request("GET", server.url, {})
+    sink = Sink(fail=Stop())
+    with pytest.raises(Stop):
+        await asyncio.wait_for(response.pump(sink), PROMPTLY_S)
+    assert len(sink.pieces) == 1
+    with pytest.raises(Stop):
+        await response.pump(sink)
+    assert len(sink.pieces) == 1
+    assert await settled(lambda: sent[0]) < 25 << 20  # the socket is no longer read
+    response.close()
+    await until(lambda: 0 in server.gone, PROMPTLY_S, "the upstream seeing the connection closed")
+
+
+async def test_set_exception_fails_a_waiting_pump_at_once(start: Start, pool: Pool) -> None:
+    server = await start(trickle())
+    response = await pool.request("GET", server.url, {})
+    sink = Sink()
+    pending = asyncio.create_task(response.pump(sink))
+    await until(lambda: sink.pieces == [b"first"], PROMPTLY_S, "the first chunk")
+    assert not pending.done()
+    response.set_exception(Stop())
+    with pytest.raises(Stop):
+        await asyncio.wait_for(pending, 0.1)
+    response.close()
+
+
+async def test_an_answer_cut_short_fails_the_pump_with_what_it_got_handed_over(
+    start: Start, pool: Pool
+) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n5\r\n56789\r\n"
+    server = await start(replying(answer, close=True, bytewise=True))
+    response = await pool.request("GET", server.url, {})
+    sink = Sink()
+    with pytest.raises(Disconnected):
+        await pumped(response, sink)
+    assert sink.received == b"0123456789"
+
+
+@pytest.mark.parametrize("chunks", [False, True], ids=["content-length", "chunked"])
+async def test_pump_inflates_a_compressed_body_a_bounded_piece_at_a_time(
+    start: Start, pool: Pool, chunks: bool
+) -> None:
+    packed = gzipped(TEXT * 20)
+    pieces = [packed[i : i + 700] for i in range(0, len(packed), 700)]
+    header = "Content-Encoding: gzip"
+    answer = chunked(*pieces, headers=header + "\r\n") if chunks else ok(packed, header)
+    server = await start(replying(answer))
+    response = await pool.request("GET", server.url, {})
+    sink = Sink()
+    assert await pumped(response, sink) == TEXT * 20
+    assert max(map(len, sink.pieces)) <= INFLATE_PIECE
+
+
 # --- request encoding -----------------------------------------------------------------------------------
 
 

@@ -3,7 +3,9 @@
 aiohttp's client spends about four times the CPU of the rest of a proxied call's upstream leg on request
 objects, tracing hooks, cookie handling and timers the gateway does not use. This client does what a
 provider call needs and no more: one write per request, an answer parsed in the protocol's callbacks
-(`httptools`, the llhttp parser Node.js uses), its body handed over as it arrives.
+(`httptools`, the llhttp parser Node.js uses), its body handed over as it arrives: to a reader awaiting
+`readany()`, or (`pump`) to a sink called from the protocol's own callback, so relaying a stream wakes no
+task per chunk.
 
 Every byte from an upstream is hostile until proven small: the header section and trailers are capped, a
 body is buffered only up to a high-water mark before the socket stops being read, compressed bodies are
@@ -21,6 +23,6 @@ status). `Pool` (pool.py) owns the connections, `Connection` (connection.py) one
 
 from gateway.http1.errors import ConnectFailed, Disconnected, HTTPError, ProtocolError
 from gateway.http1.pool import Pool
-from gateway.http1.response import Response
+from gateway.http1.response import Response, Sink
 
-__all__ = ["ConnectFailed", "Disconnected", "HTTPError", "Pool", "ProtocolError", "Response"]
+__all__ = ["ConnectFailed", "Disconnected", "HTTPError", "Pool", "ProtocolError", "Response", "Sink"]

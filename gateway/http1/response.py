@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -18,6 +19,8 @@ HIGH_WATER = 256 * 1024  # body bytes buffered before the socket is paused
 INFLATE_PIECE = 256 * 1024  # most bytes one read inflates from a compressed body
 _INFLATED = frozenset({"gzip", "x-gzip", "deflate"})
 
+Sink = Callable[[bytes], bool]  # takes a piece of the body; True when it can take no more for now
+
 
 class Response:
     """One answer: its status and headers at once, its body as `readany()` hands it over."""
@@ -29,6 +32,7 @@ class Response:
         "_exc",
         "_inflate",
         "_pending",
+        "_sink",
         "_size",
         "_waiter",
         "complete",
@@ -44,6 +48,7 @@ class Response:
         self._size = 0
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None  # while `pump` waits: takes each piece in the connection's callback
         self.complete = False  # the whole body arrived (it may still be buffered here)
         encoding = headers.get("Content-Encoding", "").strip().lower()
         self._encoded = encoding in _INFLATED
@@ -94,6 +99,41 @@ class Response:
             finally:
                 self._waiter = None
 
+    async def pump(self, sink: Sink) -> bool:
+        """Hand the body to `sink` as it arrives, from the connection's own callback: no task wakes per piece.
+
+        True once the whole body went to `sink`. False when `sink` returned True (its reader is slow): the
+        socket is paused until the next `pump`. Raises what `readany` raises, and whatever `sink` raised,
+        after which nothing more is handed to it.
+        """
+        if self._encoded:  # inflated a bounded piece per read, as `readany` does
+            while data := await self.readany():
+                if self._give(sink, data):
+                    return False
+            return True
+        while True:
+            if self._exc is not None:
+                raise self._exc
+            if self._buffer:  # what arrived before (with the headers) or while the sink was full
+                data = self._buffer.popleft() if len(self._buffer) == 1 else b"".join(self._buffer)
+                self._buffer.clear()
+                self._size = 0
+                if self._give(sink, data):
+                    if self._conn is not None:
+                        self._conn.pause()
+                    return False
+                continue
+            if self.complete:
+                return True
+            if self._conn is not None:
+                self._conn.resume()  # paused by a full buffer or a full sink: both are empty now
+            self._sink = sink
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = self._sink = None
+
     def set_exception(self, exc: BaseException) -> None:
         """Fail the body's pending and next reads with `exc` (a timeout watch uses it)."""
         if self._exc is None:
@@ -116,6 +156,17 @@ class Response:
     # The connection's side.
 
     def _feed(self, data: bytes) -> None:
+        if (sink := self._sink) is not None:
+            try:
+                full = sink(data)
+            except Exception as exc:  # the sink's own failure ends the body for its reader
+                self._sink = None
+                self._end_reading(exc)
+                return
+            if full:
+                self._sink = None  # the rest of this packet waits here, with the socket paused
+                self._end_reading(None)
+            return
         self._buffer.append(data)
         self._size += len(data)
         if self._size > HIGH_WATER and self._conn is not None:
@@ -128,6 +179,22 @@ class Response:
             self.complete = True
         elif self._exc is None:
             self._exc = exc
+        self._wake()
+
+    def _give(self, sink: Sink, data: bytes) -> bool:
+        """`sink(data)`, from `pump`; what the sink raises fails the body, as it does from `_feed`."""
+        try:
+            return sink(data)
+        except Exception as exc:
+            self._end_reading(exc)
+            raise
+
+    def _end_reading(self, exc: BaseException | None) -> None:
+        """Stop the socket and wake `pump`: to raise `exc`, or (None) because its sink is full."""
+        if exc is not None and self._exc is None:
+            self._exc = exc
+        if self._conn is not None:
+            self._conn.pause()
         self._wake()
 
     def _wake(self) -> None:

@@ -1,0 +1,143 @@
+"""Relaying a stream: upstream SSE events to the client as they arrive, and a copy to the call's records.
+
+Each piece of the upstream body is split into whole events, scrubbed, written to the client's socket and
+teed to the call's `Answer` in the upstream connection's own callback (`Response.pump`). No task wakes and
+no coroutine runs per chunk: a gateway holding thousands of streams spends its core on their bytes, not on
+scheduling them. The request's task waits once, for the stream's end, and wakes before it only when the
+client reads slower than the upstream writes (the upstream socket is paused until the client catches up).
+
+The events go out before they are teed: the log tee sits beside the stream, never in front of it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.http import StreamWriter
+
+from gateway.calls import Call
+from gateway.dialects import dialect_of
+from gateway.errors import GatewayError, UpstreamTooLarge
+from gateway.http1 import Response
+from gateway.sse import DONE, EventSplitter, EventTooLarge, error_event, event_data
+from gateway.state import RATE_HEADERS, Gateway
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CLIENT_HIGH_WATER = 64 * 1024  # bytes queued for a client before its upstream is paused (aiohttp's own)
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+async def relay_stream(
+    gw: Gateway, request: web.Request, call: Call, upstream: Response, strip_usage: bool
+) -> web.StreamResponse:
+    """Forward SSE events as they arrive; a failure after the first byte ends with one error event."""
+    headers = {**SSE_HEADERS, **rate} if (rate := request[RATE_HEADERS]) else SSE_HEADERS
+    response = web.StreamResponse(status=200, headers=headers)
+    writer = await response.prepare(request)
+    assert isinstance(writer, StreamWriter)  # a response prepared once, on aiohttp's own connection
+    writer.send_headers()  # the status goes out now, not with the first event
+    call.status = 200
+    relay = StreamRelay(gw, call, writer, strip_usage)
+    gauge = gw.metrics.stream_gauge(call.provider or "", call.model)
+    gauge.inc()
+    try:
+        await gw.upstream.relay(upstream, call.provider or "", call.deadline, relay, writer.drain)
+        relay.finish()
+        await response.write_eof()
+    except GatewayError as exc:
+        upstream.close()  # an upstream cut off mid-answer is not left to go on sending
+        call.error = exc.message
+        relay.release()  # text held back in case it was markup is the model's: it goes out first
+        await response.write(_error_event(call, exc))
+        await response.write_eof()
+    except ConnectionResetError:
+        call.client_disconnected = True
+    finally:
+        gauge.dec()
+    return response
+
+
+class StreamRelay:
+    """The sink `Response.pump` hands each piece of an upstream stream to, in the connection's callback."""
+
+    __slots__ = ("add", "call", "chunked", "repair", "scrub", "splitter", "strip_usage", "writer")
+
+    def __init__(self, gw: Gateway, call: Call, writer: StreamWriter, strip_usage: bool) -> None:
+        self.call = call
+        self.writer = writer
+        self.chunked = writer.chunked  # HTTP/1.1: each write is one chunk; HTTP/1.0: bytes until the close
+        self.splitter = EventSplitter(gw.config.upstream.max_event_bytes)
+        self.repair = call.tool_repair
+        self.strip_usage = (
+            strip_usage  # the usage chunk the gateway asked for is the records', not the client's
+        )
+        self.scrub = gw.scrubber.stream
+        self.add = call.answer.add_chunk
+
+    def __call__(self, data: bytes) -> bool:
+        """Relay one piece of the body; True when the client's socket is full and the upstream must wait."""
+        call = self.call
+        if call.first_byte is None:
+            call.first_byte = time.perf_counter()
+        try:
+            events = self.splitter.feed(data)
+        except EventTooLarge as exc:
+            raise UpstreamTooLarge(
+                f"The provider {call.provider!r} sent an event over {self.splitter.max_event_bytes} bytes.",
+                code="upstream_event_too_large",
+            ) from exc
+        return self.send(self.repair.feed(events) if self.repair else events) if events else False
+
+    def finish(self) -> None:
+        """At the stream's end: an event the upstream left unterminated, then whatever repair still holds."""
+        if tail := self.splitter.flush():
+            self.send(self.repair.feed([tail]) if self.repair else [tail])
+        self.release()
+
+    def release(self) -> None:
+        """Text the tool-call repair held back in case it was markup: it is the model's, so it goes out."""
+        if self.repair is not None:
+            self.send(self.repair.finish())
+
+    def send(self, events: list[bytes]) -> bool:
+        """Write `events` to the client, then tee them to the answer; True when its socket is full."""
+        kept = [e for e in events if not _usage_only(e)] if self.strip_usage else events
+        full = self._write(self.scrub(kept[0] if len(kept) == 1 else b"".join(kept))) if kept else False
+        add = self.add
+        for event in events:  # the tee: the answer is rebuilt after the bytes went out
+            payload = event_data(event)
+            if payload and payload != DONE:
+                tee(self.call, add, payload)
+        return full
+
+    def _write(self, data: bytes) -> bool:
+        # aiohttp's `StreamWriter.write` is a coroutine; this is its synchronous core for a prepared,
+        # uncompressed response whose head has been sent: frame the chunk, write it, count it.
+        transport = self.writer.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("The client closed the connection.")
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        self.writer.output_size += len(data)
+        return transport.get_write_buffer_size() > CLIENT_HIGH_WATER
+
+
+def tee(call: Call, fold: Callable[[bytes], object], data: bytes) -> None:
+    """Fold upstream bytes into the record's answer; whatever that fails on, the client is not affected."""
+    try:
+        fold(data)
+    except Exception:  # the record says what it could not read; the client already has the bytes
+        call.answer.bad_chunks += 1
+
+
+def _error_event(call: Call, exc: GatewayError) -> bytes:
+    """The gateway's error as one event of the stream's own dialect."""
+    dialect = dialect_of(call.endpoint)
+    return error_event(exc.body()) if dialect is None else dialect.error_event(exc.body())
+
+
+def _usage_only(event: bytes) -> bool:
+    """The usage chunk the gateway asked for: `"choices": []` with a `usage` object."""
+    return b'"usage"' in event and _EMPTY_CHOICES.search(event) is not None
