@@ -1,5 +1,5 @@
 """The path every call takes through the limiter with the in-process store: admitted without a suspension,
-its headers its own, its settlement applied once."""
+its headers its own, its settlement applied once and counted in /metrics at once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from gateway.calls import Call
 from gateway.errors import RateLimited
 from gateway.limits.config import parse_limits
 from gateway.limits.limiter import Limiter
+from gateway.metrics import Metrics
 from providers.base import Endpoint
 
 T = TypeVar("T")
@@ -83,3 +84,33 @@ def test_each_answer_has_headers_of_its_own_and_a_refusal_has_them_too() -> None
     assert error.headers is not None and error.headers["x-ratelimit-remaining-requests"] == "0"
     assert error.headers["Retry-After"] == "61"  # the three requests leave with their second
     assert error.headers["x-should-retry"] == "true"  # a sliding minute always frees room: worth a retry
+
+
+def test_a_settlement_counts_the_keys_tokens_at_once() -> None:
+    problems: list[str] = []
+    metrics = Metrics()
+    limits = Limiter(parse_limits(LIMITS, problems), metrics=metrics, clock=lambda: NOW)
+    for request_id, used in (("a", 100), ("b", 0)):
+        call = chat(request_id)
+        at_once(limits.admit(call, 400))
+        call.status = 200
+        call.answer.usage = {"prompt_tokens": used, "completion_tokens": 0, "total_tokens": used}
+        limits.settle(call)  # no event loop: the metric's step is made in the settlement itself
+    assert metrics.registry.get_sample_value("gateway_key_tokens_total", {"key": "default"}) == 100
+
+
+def test_a_settlement_seconds_later_corrects_the_bucket_its_reservation_went_to() -> None:
+    now = [NOW]
+    problems: list[str] = []
+    limits = Limiter(parse_limits(LIMITS, problems), clock=lambda: now[0])
+    first, second = chat("a"), chat("b")
+    at_once(limits.admit(first, 400))  # 200 tokens reserved at NOW
+    now[0] += 2.5
+    assert at_once(limits.admit(second, 400)) == headers(1, 1600)  # its minute holds both reservations
+    first.status, first.answer.usage = 200, {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+    limits.settle(first)  # its bucket is no longer the current one: corrected in place all the same
+    rows: list[dict[str, Any]] = at_once(limits.usage("default"))["limits"]  # type: ignore[assignment]
+    assert {row["name"]: row["used"] for row in rows}["default.tokens_per_minute"] == 210
+    now[0] += 60  # NOW's bucket has left the minute; only the second call's reservation is counted
+    rows = at_once(limits.usage("default"))["limits"]  # type: ignore[assignment]
+    assert {row["name"]: row["used"] for row in rows}["default.tokens_per_minute"] == 200

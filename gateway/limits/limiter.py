@@ -15,8 +15,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway.errors import LimitsUnavailable, RateLimited
 from gateway.limits.answers import refusal, usage_row
@@ -38,8 +37,7 @@ _COMPLETION_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens"
 _COUNT_TOKENS, _EMBEDDINGS = Endpoint.COUNT_TOKENS, Endpoint.EMBEDDINGS  # an enum's member is slow to look up
 
 
-@dataclass(slots=True)
-class Ticket:
+class Ticket(NamedTuple):
     """What an admitted call reserved, kept (as `call.ticket`) until its settlement."""
 
     plan: Plan
@@ -48,6 +46,11 @@ class Ticket:
     cost: int  # reserved, in millionths of a USD
     prompt_tokens: int  # the prompt's estimate, used when a call ends without usage
     void: bool = False  # refused although the store may have admitted it: settled as if it used nothing
+
+
+# A ticket made at every admission: tuple's own __new__ takes its six fields at once, without the Python
+# function a NamedTuple's constructor is.
+_ticket = tuple.__new__
 
 
 class Limiter:
@@ -69,8 +72,11 @@ class Limiter:
         self._completion_estimate = self.settings.completion_tokens_estimate
         self._model_rules = bool(self.settings.models)
         self.store: Store = store or MemoryStore()
-        # The in-process store answers at once: its admissions are made without a suspension.
-        self._admit_now = self.store.admit_now if isinstance(self.store, MemoryStore) else None
+        # The in-process store answers at once: its admissions and settlements are made in place, without a
+        # suspension (and without reading the clock for a settlement that does not need it).
+        memory = self.store if isinstance(self.store, MemoryStore) else None
+        self._admit_now = memory.admit_now if memory else None
+        self._settle_now = memory.settle_now if memory else None
         self.metrics = metrics
         self.prices = prices or PriceTable()
         self._priced = bool(self.prices.models or self.prices.prefixes)
@@ -78,34 +84,53 @@ class Limiter:
         self.clock = clock
         self.store_errors = 0
         self._plans: dict[tuple[str, str | None], Plan] = {}
+        self._key_plans: dict[str, Plan] = {}  # the same, of keys without model rules: no tuple to build
         self._calendar: tuple[float, dict[Window, tuple[str, float]]] = (0.0, {})
         self._children: dict[tuple[str, str], Any] = {}
-        self._unmetered: dict[str, int] = {}  # tokens settled this loop turn, by key, not yet in the metric
+        self._tokens_children: dict[str, Any] = {}  # the tokens metric's child of each key, by the key alone
 
     async def admit(self, call: Call, body_bytes: int) -> dict[str, str]:
         """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries."""
         if not self.enabled:
             return {}
         key = call.key_name or OPEN
-        rule = self.model_rule(call.model) if self._model_rules else None
-        plan = self._plans.get((key, rule)) or self.plan(key, rule)
+        if self._model_rules:
+            rule = self.model_rule(call.model)
+            plan = self._plans.get((key, rule)) or self.plan(key, rule)
+        else:
+            plan = self._key_plans.get(key) or self.plan(key, None)
         if not plan.meters:
             return {}
         now = self.clock()
         if plan.second != int(now):
             self._bind(plan, now)
-        prompt, completion = self._reservation(call, body_bytes)
+        # The tokens reserved: the prompt's estimate and the completion's (worked out here, not in a method of
+        # their own: a call costs as much as all of it).
+        endpoint = call.endpoint
+        if endpoint is _COUNT_TOKENS:
+            prompt = completion = 0  # counting a prompt's tokens uses none
+        else:
+            prompt = math.ceil(body_bytes / self._bytes_per_token)
+            completion = self._completion_estimate
+            if endpoint is _EMBEDDINGS:
+                completion = 0
+            elif body := call.body:
+                for name in _COMPLETION_FIELDS:
+                    value = body.get(name)
+                    if type(value) is int and value >= 0:  # type(), not isinstance(): a bool is no count
+                        completion = value
+                        break
         tokens = prompt + completion
         cost = self._price(call.model, prompt, completion) if plan.counts_cost else 0
         amounts = plan.pick((1, tokens, cost, 1))
-        call.ticket = ticket = Ticket(plan, plan.bound, tokens, cost, prompt)
+        call.ticket = ticket = _ticket(Ticket, (plan, plan.bound, tokens, cost, prompt, False))
         outcome = (
-            self._admit_now(call.request_id, plan.bound, amounts, now)
+            self._admit_now(plan.bound, amounts, now)
             if self._admit_now is not None
             else await self._admit_in_store(call, ticket, amounts, now)
         )
         if isinstance(outcome, list):
-            return plan.headers(outcome, amounts, True)
+            return plan.admitted(outcome, amounts)
         if outcome is None:
             return {}  # the store failed: let through unaccounted
         call.ticket = None
@@ -128,7 +153,8 @@ class Limiter:
             self.count_store_error("admit")
             if self.settings.on_store_error == "allow":
                 return None  # the settlement still applies if the store did admit it
-            ticket.void = True  # had the store admitted it after all, its settlement takes it all back
+            # had the store admitted it after all, its settlement takes it all back
+            call.ticket = ticket._replace(void=True)
             call.limited_by = "limits.on_store_error"
             raise LimitsUnavailable("The limits store cannot be reached; try again shortly.") from None
 
@@ -138,24 +164,31 @@ class Limiter:
         if ticket is None:
             return
         call.ticket = None  # settled
-        plan = ticket.plan
-        if ticket.void:
-            self._send(call.request_id, ticket.bound, plan.pick((-1, -ticket.tokens, -ticket.cost, -1)))
+        plan, bound, tokens, cost, _, void = ticket
+        if void:
+            self._send(call.request_id, bound, plan.pick((-1, -tokens, -cost, -1)))
             return
         usage = call.answer.usage
         prompt, completion, total = usage_tokens(usage) or self._estimated_tokens(call, ticket)
         priced = self._priced or plan.counts_cost or (isinstance(usage, dict) and "cost" in usage)
-        cost = self._cost(call, prompt, completion) if priced else 0
-        tokens_delta, cost_delta = total - ticket.tokens, cost - ticket.cost
+        used_cost = self._cost(call, prompt, completion) if priced else 0
+        tokens_delta, cost_delta = total - tokens, used_cost - cost
         # A request is a request: only tokens and cost need correcting, and a slot freeing. The in-process
         # store has nothing to do when none does; the shared one removes the call's marker all the same.
-        if self._admit_now is None:
-            self._send(call.request_id, ticket.bound, plan.pick((0, tokens_delta, cost_delta, -1)))
+        if self._settle_now is None:
+            self._send(call.request_id, bound, plan.pick((0, tokens_delta, cost_delta, -1)))
         elif plan.holds_slots or (tokens_delta and plan.counts_tokens) or (cost_delta and plan.counts_cost):
-            deltas = plan.pick((0, tokens_delta, cost_delta, -1))
-            self.store.settle(call.request_id, ticket.bound, deltas, self.clock())
-        if self.metrics is not None:
-            self._count(plan.key, total, cost)
+            self._settle_now(bound, plan.pick((0, tokens_delta, cost_delta, -1)), self.clock)
+        if self.metrics is not None:  # the key's tokens and cost in /metrics
+            # One step of the metric per call, at once. Gathering a loop turn's settlements into one step
+            # costs a callback per turn, which pays only when several calls end in the same turn: seldom, as
+            # LLM calls end apart.
+            tokens_child = self._tokens_children.get(plan.key)
+            if tokens_child is None:
+                tokens_child = self._tokens_children[plan.key] = self._child("tokens", plan.key)
+            tokens_child.inc(total)
+            if used_cost:
+                self._child("cost", plan.key).inc(used_cost / MICRO)
 
     def _send(self, call_id: str, bound: Any, deltas: tuple[int, ...]) -> None:
         """Hand the store a settlement: the in-process store applies it now; a shared one is given it once
@@ -166,21 +199,6 @@ class Limiter:
             self.store.settle(call_id, bound, deltas, self.clock())
         else:
             task.add_done_callback(lambda _: self.store.settle(call_id, bound, deltas, self.clock()))
-
-    def _count(self, key: str, tokens: int, cost: int) -> None:
-        """The key's tokens and cost in /metrics. The tokens of the calls settled in one loop turn are added
-        at its end, in one step per key: a metric's step costs as much as a settlement."""
-        unmetered = self._unmetered
-        if not unmetered:
-            asyncio.get_running_loop().call_soon(self._meter)
-        unmetered[key] = unmetered.get(key, 0) + tokens
-        if cost:
-            self._child("cost", key).inc(cost / MICRO)
-
-    def _meter(self) -> None:
-        for key, tokens in self._unmetered.items():
-            self._child("tokens", key).inc(tokens)
-        self._unmetered.clear()
 
     async def usage(self, key: str) -> dict[str, object]:
         """What `key` has used of each of its limits (its model rules' included), and what is left."""
@@ -201,6 +219,8 @@ class Limiter:
             if model_rule is not None:
                 meters += self._model_meters(key, model_rule)
             found = self._plans[key, model_rule] = Plan(meters, key)
+            if model_rule is None:
+                self._key_plans[key] = found
         return found
 
     def model_rule(self, model: str | None) -> str | None:
@@ -220,21 +240,6 @@ class Limiter:
         rule = self.settings.models[model_rule]
         counters = f"{self.settings.key_prefix}:k={key}|m={model_rule}"
         return meters_of(rule, f"models.{model_rule}", counters, model_rule)
-
-    def _reservation(self, call: Call, body_bytes: int) -> tuple[int, int]:
-        """Tokens reserved: the prompt's estimate, and the completion's."""
-        endpoint = call.endpoint
-        if endpoint is _COUNT_TOKENS:
-            return 0, 0  # counting a prompt's tokens uses none
-        prompt = math.ceil(body_bytes / self._bytes_per_token)
-        if endpoint is _EMBEDDINGS:
-            return prompt, 0
-        if body := call.body:
-            for name in _COMPLETION_FIELDS:
-                value = body.get(name)
-                if type(value) is int and value >= 0:  # type(), not isinstance(): a bool is no count
-                    return prompt, value
-        return prompt, self._completion_estimate
 
     def _price(self, model: str | None, prompt: int, completion: int) -> int:
         price = self.prices.lookup(model)

@@ -121,12 +121,10 @@ class MemoryStore:
         return Bound(tuple(counters), tuple(cells))
 
     async def admit(self, call_id: str, bound: Bound, amounts: Sequence[int], now: float) -> Verdict:
-        outcome = self.admit_now(call_id, bound, amounts, now)
+        outcome = self.admit_now(bound, amounts, now)
         return Verdict(tuple(outcome)) if isinstance(outcome, list) else outcome
 
-    def admit_now(
-        self, call_id: str, bound: Bound, amounts: Sequence[int], now: float
-    ) -> list[int] | Verdict:
+    def admit_now(self, bound: Bound, amounts: Sequence[int], now: float) -> list[int] | Verdict:
         """`admit` answered at once (its caller need not suspend): what each counter held before the call
         when every one admitted it, else the verdict naming the one that refused."""
         # Checked and charged counter by counter, the charges made undone if one refuses: one step per
@@ -142,12 +140,16 @@ class MemoryStore:
         return used
 
     def settle(self, call_id: str, bound: Bound, deltas: Sequence[int], now: float) -> None:
+        self.settle_now(bound, deltas, lambda: now)
+
+    def settle_now(self, bound: Bound, deltas: Sequence[int], clock: Callable[[], float]) -> None:
+        """`settle`, the moment read only by a correction that needs it (one outside the current bucket)."""
         for cell, _, slot, i in bound.cells:
             if delta := deltas[i]:  # a request's count never needs correcting
                 if slot == cell.slot and cell.total + delta >= cell.base:  # in the bucket still current
                     cell.total += delta
                 else:
-                    cell.correct(slot, delta, now)
+                    cell.correct(slot, delta, clock())
 
     async def read(self, counters: Sequence[Counter], now: float) -> tuple[int, ...]:
         oldest = oldest_bucket(now)

@@ -79,8 +79,9 @@ class Plan:
     bound: Any = None  # `counters` as the store bound them (`Store.bind`), set with them by the limiter
     # Per header metric (requests, tokens): its three header names and its meters.
     headed: tuple[tuple[str, str, str, tuple[int, ...]], ...] = ()
-    # The same when each header metric has one meter (the usual plan): its remaining header, and the meter.
-    single: tuple[tuple[str, int], ...] | None = None
+    # The same when each header metric has one meter (the usual plan): its remaining header, the meter and
+    # its limit.
+    single: tuple[tuple[str, int, int], ...] | None = None
     limits: tuple[int, ...] = ()
     texts: tuple[str, ...] = ()  # each limit as a header writes it
     resets: tuple[str, ...] = ()  # each counter's reset as a header writes it, this second
@@ -100,7 +101,7 @@ class Plan:
             if (indices := tuple(i for i, m in enumerate(self.meters) if m.metric == metric))
         )
         if all(len(indices) == 1 for *_, indices in self.headed):
-            self.single = tuple((remaining, indices[0]) for _, remaining, _, indices in self.headed)
+            self.single = tuple((remaining, i, self.meters[i].limit) for _, remaining, _, (i,) in self.headed)
         self.limits = tuple(m.limit for m in self.meters)
         self.texts = tuple(str(m.limit) for m in self.meters)
 
@@ -116,18 +117,27 @@ class Plan:
             self.second = second
         return self.counters
 
+    def admitted(self, used: Sequence[int], amounts: Sequence[int]) -> dict[str, str]:
+        """`headers` of an admitted call, the path every call takes: in the usual plan (one meter per header
+        metric), this second's headers with the remainders filled in."""
+        single = self.single
+        if single is None:
+            return self.headers(used, amounts, True)
+        headers = self.template.copy()
+        for remaining, i, limit in single:
+            left = limit - used[i] - amounts[i]
+            headers[remaining] = str(left) if left > 0 else "0"
+        return headers
+
     def headers(self, used: Sequence[int], amounts: Sequence[int], admitted: bool) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` trio for requests and for tokens, each from its tightest window.
 
         `used` is what each counter held before the call; an admitted call's own amounts are taken off too.
         """
+        if admitted and self.single is not None:
+            return self.admitted(used, amounts)
         headers = self.template.copy()  # this second's limits and resets: only the remainders are new
-        limits, single = self.limits, self.single
-        if single is not None and admitted:
-            for remaining, i in single:
-                left = limits[i] - used[i] - amounts[i]
-                headers[remaining] = str(left) if left > 0 else "0"
-            return headers
+        limits = self.limits
         for limit, remaining, reset, indices in self.headed:
             tightest, least = -1, 0
             for i in indices:
