@@ -30,7 +30,11 @@ class Price:
 
     def cost(self, prompt: int, completion: int, cached: int = 0) -> float:
         """USD for one call's usage; cached prompt tokens at their own price when one is given."""
-        cached = min(max(cached, 0), prompt)
+        # min(max(cached, 0), prompt), without the two calls: priced for every call that reports usage
+        if cached < 0:
+            cached = 0
+        if prompt < cached:
+            cached = prompt
         cached_price = self.prompt if self.cached_prompt is None else self.cached_prompt
         return ((prompt - cached) * self.prompt + cached * cached_price + completion * self.completion) / 1e6
 

@@ -18,7 +18,8 @@ from test_logs_hardening import a_call, new_recorder, pairs, printed, record_bot
 
 from gateway.logs import recorder as recorder_module
 from gateway.logs import spool as spool_module
-from gateway.logs.recorder import MAX_PENDING, LogRecorder
+from gateway.logs.recorder import KNOWN_CLEAN, KNOWN_CLEAN_CHARS, MAX_PENDING, LogRecorder
+from gateway.scrub import REDACTED, Scrubber
 
 
 def count_writes(recorder: LogRecorder, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
@@ -140,7 +141,7 @@ async def test_waiters_are_released_and_records_kept_when_building_or_scrubbing_
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(recorder.builder, "response", broken)
-    monkeypatch.setattr(recorder.scrubber, "lines", broken)
+    monkeypatch.setattr(recorder.scrubber, "batch", broken)
     call = a_call()
     recorder.request(call)
     recorder.response(call)
@@ -191,3 +192,41 @@ def test_a_write_asks_the_disk_nothing_but_to_write(tmp_path: Path, monkeypatch:
     assert asked == []
     recorder.spool.rotate_if_due(time.time())
     assert len(asked) == 1  # once a tick
+
+
+SECRET = "sk-live-Secret123456"
+
+
+def secret_recorder(root: Path) -> LogRecorder:
+    recorder = new_recorder(root)
+    recorder.scrubber = Scrubber([SECRET])
+    recorder.stdout = False
+    return recorder
+
+
+def test_texts_found_clean_are_searched_once_and_a_secret_beside_them_still_found(tmp_path: Path) -> None:
+    recorder = secret_recorder(tmp_path)
+    record_both(recorder, a_call(session_id="session-clean"))
+    assert {"session-clean", "What is 2+3?", "kimi"} <= recorder._clean  # remembered as holding no trace
+    # The same texts again, now beside a secret: they are not searched, the secret is found all the same.
+    call = a_call(session_id="session-clean", origin=f"https://{SECRET}.example")
+    record_both(recorder, call)
+    written = b"".join(path.read_bytes() for path in tmp_path.glob("*/*.jsonl*"))
+    assert SECRET.encode() not in written and written.count(REDACTED.encode()) == 2  # both records' origin
+
+
+def test_texts_with_a_trace_of_a_secret_are_not_remembered(tmp_path: Path) -> None:
+    recorder = secret_recorder(tmp_path)
+    record_both(recorder, a_call(session_id="my token"))  # a trigger: the whole batch is searched again later
+    assert recorder._clean == set()
+    record_both(recorder, a_call(session_id="Secret123456 alone"))  # the secret's anchor, not the secret
+    assert "Secret123456 alone" not in recorder._clean
+    record_both(recorder, a_call(session_id="s" * (KNOWN_CLEAN_CHARS + 1)))  # clean, but too long to keep
+    assert "s" * (KNOWN_CLEAN_CHARS + 1) not in recorder._clean and "kimi" in recorder._clean
+
+
+def test_the_texts_remembered_are_bounded(tmp_path: Path) -> None:
+    recorder = secret_recorder(tmp_path)
+    for n in range(KNOWN_CLEAN // 4 + 10):
+        record_both(recorder, a_call(session_id=f"session-{n}", origin=f"https://app-{n}", client=f"c{n}"))
+    assert 0 < len(recorder._clean) <= KNOWN_CLEAN

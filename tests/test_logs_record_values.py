@@ -12,6 +12,7 @@ import pytest
 from test_logs_units import TOOLS_BODY, make_call
 
 from gateway.config import LoggingSettings
+from gateway.logs import records
 from gateway.logs.records import RecordBuilder, iso
 from gateway.repair import ToolCallRepair
 
@@ -126,3 +127,68 @@ def test_tool_results_are_named_by_the_latest_call_that_asked_for_them() -> None
         {"tool_call_id": "b", "name": "given", "content": "3"},
     ]
     assert record["message_count"] == 5
+
+
+# Both records' fields in the order every record is written with: queries read them by name, but a line is
+# compared byte for byte by whoever checks that nothing changed.
+REQUEST_FIELDS = [
+    *("timestamp", "type", "request_id", "session_id", "provider", "model", "origin", "key_name", "endpoint"),
+    *("stream", "limited_by", "client", "message_count", "tools_count", "tool_calls_repaired"),
+    *("enable_thinking", "user_question", "user_message_this_turn", "tool_results_this_turn"),
+]
+RESPONSE_FIELDS = [
+    *("timestamp", "type", "request_id", "session_id", "provider", "model", "origin", "key_name", "endpoint"),
+    *(
+        "stream",
+        "limited_by",
+        "status",
+        "latency_ms",
+        "ttft_ms",
+        "finish_reason",
+        "upstream_id",
+        "has_content",
+    ),
+    *("has_tool_calls", "content_preview", "content", "tool_calls", "has_reasoning_content"),
+    *("reasoning_content", "tokens", "cost", "cost_source", "truncated", "unreadable_chunks", "error"),
+    *("upstream_headers", "client_disconnected", "tool_calls_repaired"),
+]
+
+
+def refused_call() -> Any:
+    call = make_call(TOOLS_BODY, status=401, session_id="s" * 300, origin="o" * 600, client="c" * 300)
+    call.provider = call.key_name = None
+    return call
+
+
+@pytest.mark.parametrize("capture", ["summary", "full"])
+@pytest.mark.parametrize("make", [full_call, refused_call, lambda: make_call({})])
+def test_fields_come_in_their_order_and_start_as_head_writes_them(capture: str, make: Any) -> None:
+    builder = RecordBuilder(LoggingSettings(capture=capture))
+    call = make()
+    request, response = builder.request(call)[-1], builder.response(call, 1_700_000_000.25)
+    extra = ["messages", "system_prompt_sha256"] if capture == "full" else []
+    assert list(request) == [*REQUEST_FIELDS, *extra]
+    assert list(response)[: len(RESPONSE_FIELDS)] == RESPONSE_FIELDS
+    assert set(response) - set(RESPONSE_FIELDS) <= {"requested_model", "record_errors"}
+    for record, kind, ts, model in (
+        (request, "request", call.wall_start, call.requested_model),
+        (response, "response", 1_700_000_000.25, call.model),
+    ):
+        first = records.head(call, kind, ts, model)
+        assert list(record.items())[: len(first)] == list(first.items())
+
+
+def test_the_values_chosen_in_many_records_are_those_chosen_in_each() -> None:
+    for settings in (LoggingSettings(), LoggingSettings(preview_chars=50, content_max_chars=20)):
+        builder = RecordBuilder(settings)
+        calls = [full_call(), refused_call(), make_call({}), make_call(TOOLS_BODY, status=200)]
+        calls[2].requested_model = "asked-for"  # a fallback answered: its record names what was asked
+        requests = [builder.request(call)[-1] for call in calls]
+        responses = [builder.response(call, time.time()) for call in calls]
+        assert "requested_model" in responses[2]
+        texts, structures = builder.chosen_in(requests, responses)
+        each = [builder.chosen_in([r], []) for r in requests] + [
+            builder.chosen_in([], [r]) for r in responses
+        ]
+        assert set(texts) == set().union(*(one for one, _ in each))
+        assert structures == [structure for _, some in each for structure in some]

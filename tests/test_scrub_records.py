@@ -28,7 +28,18 @@ from gateway.logs.recorder import LogRecorder
 from gateway.logs.records import RecordBuilder
 from gateway.logs.spool import Spool
 from gateway.metrics import Metrics
-from gateway.scrub import _TRIGGERS, REDACTED, Scrubber, may_hold_key
+from gateway.scrub import (
+    _CREDENTIAL_NAMES,
+    _KEY_LIKE_BYTES,
+    _PASSES,
+    _REACH,
+    _TRIGGERS,
+    REDACTED,
+    Scrubber,
+    _keep_label,
+    _keys_replaced,
+    may_hold_key,
+)
 from providers.base import Endpoint
 
 SECRET = 'pa"ss/w0rd+Quote1=Key'  # characters that JSON and URL encoding rewrite
@@ -254,3 +265,61 @@ def test_key_like_strings_are_replaced_line_by_line(tmp_path: Path) -> None:
     assert b"abcdefgh" not in kept_first and re.search(rb"Bearer \[REDACTED\]", kept_second)
     assert orjson.loads(kept_first)["content"].endswith(f"SECRET '{REDACTED}")  # still JSON: cut at its end
     assert orjson.loads(kept_second)["quote"] == "'"
+
+
+KEY_LIKE_FRAGMENTS = st.sampled_from(
+    [
+        *(t.decode() for t in _TRIGGERS),
+        *("Bearer ", "BEARER\t", "AKIA", "KEY_ID '", "SECRET  '", "'", '"', "\\", '\\"', "\\\\", ":", " : "),
+        *('"access_token"', '\\"refresh_token\\"', '"aws_secret_access_key"', '"client_secret"'),
+        *('"s3_secret"', '"secret_access_key"', '"passwd"', '"apikey"', "error-prone", "tokens"),
+        *("abcdefghijklmnop", "ABCDEFGHIJKLMNOP", "0123456789", "-", "_", ".", "/", "+", "=", "~", "x", "\n"),
+    ]
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(KEY_LIKE_FRAGMENTS, max_size=30).map("".join))
+def test_key_like_strings_are_replaced_as_the_regex_replaces_them_along_the_whole_line(text: str) -> None:
+    line = text.encode()
+    assert _keys_replaced(line) == _KEY_LIKE_BYTES.sub(_keep_label(bytes), line)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(KEY_LIKE_FRAGMENTS, max_size=30).map("".join))
+def test_every_key_like_string_starts_within_reach_of_a_trigger_the_passes_find(text: str) -> None:
+    # What lets `_keys_replaced` try the regex only just before the triggers: no match starts farther off.
+    line = text.encode()
+    hits = [found.start() for search in _PASSES for found in search.finditer(line.lower())]
+    for match in _KEY_LIKE_BYTES.finditer(line):
+        assert any(match.start() <= hit <= match.start() + _REACH for hit in hits), match
+
+
+@pytest.mark.parametrize(
+    ("chosen", "clean"),
+    [
+        (b'["Say hello.","mock-gpt",null]', True),
+        (b'["ask the task-runner"]', False),  # `sk-`, though no key follows
+        (b'["my token"]', False),  # `token"`
+        (b'["w0rd+Quote1"]', False),  # the anchor of the known secret, though not the secret
+    ],
+)
+def test_a_batch_says_whether_its_chosen_values_held_any_trace_of_a_secret(
+    chosen: bytes, clean: bool
+) -> None:
+    # Only values found clean are remembered by the recorder as needing no search.
+    scrub = Scrubber([SECRET])
+    line = orjson.dumps({"content": "Bearer abcdefghijklmnop1234", "model": "mock-gpt"}) + b"\n"
+    data, found_clean = scrub.batch(line, chosen)
+    assert found_clean is clean and data == scrub.lines(line, chosen)
+
+
+@pytest.mark.parametrize("name", [*_CREDENTIAL_NAMES, *(n.upper() for n in _CREDENTIAL_NAMES)])
+@pytest.mark.parametrize(
+    "form", ['"{}": "abcd1234"', '\\"{}\\": \\"abcd1234', '"{}\\":\\"abcd', 'x\\"{}" :"q1w2']
+)
+def test_a_value_under_each_credential_name_is_replaced_as_the_regex_replaces_it(
+    name: str, form: str
+) -> None:
+    line = ("say " + form.format(name) + ", then or-" + "x" * 20).encode()
+    assert _keys_replaced(line) == _KEY_LIKE_BYTES.sub(_keep_label(bytes), line) != line

@@ -38,6 +38,10 @@ WARN_EVERY_S = 60.0
 MAX_DEPTH = 200  # nesting kept when a record is mended; orjson refuses anything past 254 levels
 TOO_DEEP = "[unserializable: nested too deep]"
 MAX_PENDING = 512  # records queued in one turn of the loop: written then, without waiting for its end
+# Chosen texts (model names, sessions, questions...) found free of any trace of a secret are remembered, so
+# that a batch repeating them need not search them again: at most this many, of at most this many characters.
+KNOWN_CLEAN = 4096
+KNOWN_CLEAN_CHARS = 512
 
 
 class LogRecorder:
@@ -71,14 +75,21 @@ class LogRecorder:
         self._pending: list[tuple[Call, str]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
+        self._clean: set[str | None] = set()  # chosen texts the scrubber found no trace of a secret in
 
     def request(self, call: Call) -> None:
         """Queue the call's request record (and any new system prompt); never raises."""
-        self._queue(call, "request")
+        pending = self._pending
+        pending.append((call, "request"))
+        if not self._flush_scheduled or len(pending) >= MAX_PENDING:
+            self._schedule()
 
     def response(self, call: Call) -> None:
         """Queue the call's response record; never raises. `written()` says when it is on disk."""
-        self._queue(call, "response")
+        pending = self._pending
+        pending.append((call, "response"))
+        if not self._flush_scheduled or len(pending) >= MAX_PENDING:
+            self._schedule()
 
     def written(self) -> asyncio.Future[None] | None:
         """A future resolved once the records queued so far are written (or failed to be); None if none are.
@@ -96,8 +107,8 @@ class LogRecorder:
         self._waiters.append(waiter)
         return waiter
 
-    def _queue(self, call: Call, kind: str) -> None:
-        self._pending.append((call, kind))
+    def _schedule(self) -> None:
+        """Write the queue at the next turn of the loop; at once when MAX_PENDING wait or no loop runs."""
         if len(self._pending) >= MAX_PENDING:
             self.flush()
         elif not self._flush_scheduled:
@@ -127,22 +138,48 @@ class LogRecorder:
                     waiter.set_result(None)
 
     def _write_batch(self, pending: list[tuple[Call, str]]) -> None:
-        batch = _Batch(self.builder.chosen)
-        request, response = self.builder.request, self.builder.response
+        batch = _Batch()
+        builder = self.builder
+        request, response, records, responses = (
+            builder.request,
+            builder.response,
+            batch.records,
+            batch.responses,
+        )
+        # A request record holding its messages (full capture) is searched whole, as are system prompts.
+        requests = None if builder.full else batch.requests
         for call, kind in pending:
             try:
-                if kind == "request":
-                    batch.add_all(request(call))
-                else:
-                    batch.add(response(call, call.wall_end))
+                if kind == "response":  # the most common record first, kept in its kind's list at once
+                    record = response(call, call.wall_end)
+                    records.append(record)
+                    responses.append(record)
+                    continue
+                made = request(call)
             except Exception as exc:  # a builder bug, or no JSON to be had: the call still gets a record
-                batch.add(self._failed_record(call, kind, exc))
+                batch.add(self._failed_record(call, kind, exc), None)
+                continue
+            if len(made) > 1:
+                for prompt in made[:-1]:  # the system prompts the request is the first to name
+                    batch.add(prompt, None)
+            batch.add(made[-1], requests)
+        lines = batch.lines()
         try:
-            data = self.scrubber.lines(b"".join(batch.lines), batch.searched())
+            searched, fresh = batch.searched(lines, builder, self._clean)
+            data, clean = self.scrubber.batch(b"".join(lines), searched)
         except Exception as exc:  # a scrubber bug must not cost the records: scrub them one by one
             log.error("could not scrub a batch of records: %s", type(exc).__name__)
-            data = b"".join(self._scrub_one(line) for line in batch.lines)
-        self._write(data, len(batch.lines))
+            data = b"".join(self._scrub_one(line) for line in lines)
+        else:
+            if clean and fresh:
+                self._remember_clean(fresh)
+        self._write(data, len(lines))
+
+    def _remember_clean(self, texts: set[str | None]) -> None:
+        """Remember `texts`, searched and found clean: a later batch holding them searches only the others."""
+        if len(self._clean) + len(texts) > KNOWN_CLEAN:  # they are the clients': what they take is bounded
+            self._clean.clear()
+        self._clean.update(t for t in texts if t is None or len(t) <= KNOWN_CLEAN_CHARS)
 
     def _scrub_one(self, line: bytes) -> bytes:
         try:
@@ -299,36 +336,57 @@ class LogRecorder:
 
 
 class _Batch:
-    """The lines of one write, and what in them clients and upstreams chose, to be searched for secrets."""
+    """The records of one write, in order, and how each is searched for secrets."""
 
-    __slots__ = ("chosen", "lines", "values", "whole")
+    __slots__ = ("records", "requests", "responses", "whole")
 
-    def __init__(self, chosen: Callable[[dict[str, Any]], tuple[Any, ...] | None]) -> None:
-        self.chosen = chosen
-        self.lines: list[bytes] = []
-        self.values: list[tuple[Any, ...]] = []  # per record, the values clients and upstreams chose
-        self.whole: list[bytes] = []  # lines searched whole
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []  # the records searched by what clients and upstreams chose
+        self.responses: list[dict[str, Any]] = []
+        self.whole: list[int] = []  # where the records searched whole are
 
-    def add(self, record: dict[str, Any]) -> None:
-        try:
-            line = _serialized(record, orjson.OPT_APPEND_NEWLINE)
-            values = self.chosen(record)
-        except Exception:  # a record mended on the way out is searched whole
-            line, values = dumps(record) + b"\n", None
-        self.lines.append(line)
-        if values is None:
-            self.whole.append(line)
+    def add(self, record: dict[str, Any], kind: list[dict[str, Any]] | None) -> None:
+        """`record`, next; `kind` is the list of its kind (`requests`, `responses`), None: searched whole."""
+        if kind is None:
+            self.whole.append(len(self.records))
         else:
-            self.values.append(values)
+            kind.append(record)
+        self.records.append(record)
 
-    def add_all(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self.add(record)
+    def lines(self) -> list[bytes]:
+        """The records as lines of JSON; one that no JSON writer takes as it is, mended and searched whole."""
+        try:  # default, option: given by position, as orjson takes them quickest
+            return [orjson.dumps(record, str, orjson.OPT_APPEND_NEWLINE) for record in self.records]
+        except Exception:
+            return [self._line(at, record) for at, record in enumerate(self.records)]
 
-    def searched(self) -> bytes:
-        """What the scrubber searches: the chosen values, serialized as in the lines; the lines kept whole."""
-        values = _serialized(self.values)
-        return values + b"".join(self.whole) if self.whole else values
+    def _line(self, at: int, record: dict[str, Any]) -> bytes:
+        try:
+            return _serialized(record, orjson.OPT_APPEND_NEWLINE)
+        except Exception:
+            pass
+        if at not in self.whole:  # searched whole, no longer by its chosen values
+            self.whole.append(at)
+            self.whole.sort()
+            self.requests = [r for r in self.requests if r is not record]
+            self.responses = [r for r in self.responses if r is not record]
+        return dumps(record) + b"\n"
+
+    def searched(
+        self, lines: list[bytes], builder: RecordBuilder, clean: set[str | None]
+    ) -> tuple[bytes, set[str | None]]:
+        """What the scrubber searches in these `lines`, and the texts in it.
+
+        The chosen values, serialized as in the lines: each text once, and none of those in `clean` (a value's
+        JSON holds a trace of a secret or not whatever else is searched with it); then the lines kept whole.
+        """
+        texts, structures = builder.chosen_in(self.requests, self.responses)
+        fresh = set(texts).difference(clean)
+        values = _serialized((list(fresh), structures))
+        if self.whole:
+            values += b"".join([lines[at] for at in self.whole])
+        return values, fresh
 
 
 def _serialized(value: Any, option: int = 0) -> bytes:

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import contains, itemgetter
 from typing import Any
 
 import orjson
@@ -38,34 +38,74 @@ MAX_HEADERS = 20
 REFUSED_CHARS = 64  # a call refused for its key: anyone can send one, so its strings are kept short
 KNOWN_MODELS = 1024  # model names whose price is remembered
 DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
+_NO_BODY: dict[str, Any] = {}  # the body of a call that has none, only ever read
+_DICT = repeat(dict)  # `map(isinstance, messages, _DICT)`: endless, so one serves every call
+_SHA256 = repeat("content_sha256")
 
 # The fields a client or an upstream chose the values of: the only ones the scrubber searches for traces of a
 # secret (see `RecordBuilder.chosen`). Every other field holds what the gateway made itself: times, ids,
 # counts, flags, labels, and the names the config gave (`provider`, `key_name`, `limited_by`). A record
-# holding its `messages` (full capture), and any other kind of record, is searched whole.
-_REQUEST_CHOSEN = itemgetter(
+# holding its `messages` (full capture), and any other kind of record, is searched whole. They come in two
+# kinds: texts (a string or null each, which the recorder may know to be searched already) and structures.
+# Read with `itemgetter`, many records at a time: every record the builder makes has every field.
+_REQUEST_TEXTS = itemgetter(
     "session_id",
     "model",
     "origin",
     "client",
     "user_question",
     "user_message_this_turn",
-    "tool_results_this_turn",
 )
-_RESPONSE_CHOSEN = itemgetter(
+_RESPONSE_TEXT_FIELDS = (  # and its preview when it may hold more than its content (see `RecordBuilder`)
     "session_id",
     "model",
     "origin",
     "finish_reason",
     "upstream_id",
     "content",
-    "tool_calls",
     "reasoning_content",
-    "tokens",
     "error",
-    "upstream_headers",
-    "tool_calls_repaired",
 )
+_REQUEST_STRUCTURES = itemgetter("tool_results_this_turn")
+_RESPONSE_STRUCTURES = itemgetter("tool_calls", "tokens", "upstream_headers", "tool_calls_repaired")
+
+# A response record starts as a copy of this template, every field in its place with the value a call that has
+# none of it gets (the builder fills in the rest): cheaper for CPython than a dict display of more than 16
+# entries (built as two dicts), or than a dict grown a key at a time.
+_RESPONSE: dict[str, Any] = {
+    "timestamp": None,
+    "type": "response",
+    "request_id": None,
+    "session_id": None,
+    "provider": None,
+    "model": None,
+    "origin": None,
+    "key_name": None,
+    "endpoint": None,
+    "stream": None,
+    "limited_by": None,
+    "status": None,
+    "latency_ms": None,
+    "ttft_ms": None,
+    "finish_reason": None,
+    "upstream_id": None,
+    "has_content": False,
+    "has_tool_calls": False,
+    "content_preview": None,
+    "content": None,
+    "tool_calls": None,
+    "has_reasoning_content": False,
+    "reasoning_content": None,
+    "tokens": None,
+    "cost": None,
+    "cost_source": None,
+    "truncated": None,
+    "unreadable_chunks": None,
+    "error": None,
+    "upstream_headers": None,
+    "client_disconnected": None,
+    "tool_calls_repaired": None,
+}
 
 
 def iso(ts: float) -> str:
@@ -110,6 +150,8 @@ def cap(text: str | None, limit: int) -> str | None:
 
 def clip(value: Any, limit: int) -> str | None:
     """A client-chosen value as capped text: None stays None, anything else becomes text first."""
+    if value.__class__ is str:  # the usual value, told apart at once
+        return value if len(value) <= limit else cap(value, limit)
     if value is None:
         return None
     text = value if isinstance(value, str) else text_of(value)
@@ -122,7 +164,10 @@ def refused(call: Call) -> bool:
 
 
 def head(call: Call, kind: str, ts: float, model: str | None, short: bool | None = None) -> dict[str, Any]:
-    """The fields both records of a call start with; `short` says whether it was `refused` (asked if None)."""
+    """The fields both records of a call start with; `short` says whether it was `refused` (asked if None).
+
+    What the minimal record of a failure starts with: `RecordBuilder` writes the same fields out itself.
+    """
     if short is None:
         short = refused(call)
     names = REFUSED_CHARS if short else NAME_CHARS
@@ -148,12 +193,15 @@ class _KnownPrices(PriceTable):
     seen: dict[str | None, Price | None] = field(default_factory=dict, compare=False, repr=False)
 
     def lookup(self, model: str | None) -> Price | None:
+        try:
+            return self.seen[model]
+        except KeyError:
+            pass
         seen = self.seen
-        if model not in seen:
-            if len(seen) >= KNOWN_MODELS:  # model names are the clients': what they take is bounded
-                seen.clear()
-            seen[model] = super().lookup(model)
-        return seen[model]
+        if len(seen) >= KNOWN_MODELS:  # model names are the clients': what they take is bounded
+            seen.clear()
+        price = seen[model] = super().lookup(model)
+        return price
 
 
 @dataclass
@@ -171,38 +219,99 @@ class RecordBuilder:
         self._preview = self.settings.preview_chars
         # The preview is the start of `content` (its marker the gateway's), unless it may be longer.
         self._preview_searched = self._preview > self._limit
+        self._response_texts = (
+            itemgetter(*_RESPONSE_TEXT_FIELDS, "content_preview")
+            if self._preview_searched
+            else itemgetter(*_RESPONSE_TEXT_FIELDS)
+        )
         self._result_cap = self._limit if self.full else self._preview
         self._prices = _KnownPrices(self.prices.models, self.prices.prefixes, self.prices.source)
 
-    def chosen(self, record: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def chosen(self, record: dict[str, Any]) -> tuple[Any, ...] | None:
         """The values in `record` a client or an upstream chose; None: the whole record is to be searched."""
         kind = record.get("type")
         try:
             if kind == "response":
-                preview = record["content_preview"] if self._preview_searched else None
-                return (*_RESPONSE_CHOSEN(record), record.get("requested_model"), preview)
+                texts, structures = self.chosen_in((), (record,))
+                return (*texts, *structures[0])  # a response's structures come in one tuple
             if kind == "request" and "messages" not in record:
-                return _REQUEST_CHOSEN(record)
+                texts, structures = self.chosen_in((record,), ())
+                return (*texts, *structures)
         except KeyError:  # not a record the builder made (the minimal one of a failure)
             pass
         return None
 
+    def chosen_in(
+        self, requests: Sequence[dict[str, Any]], responses: Sequence[dict[str, Any]]
+    ) -> tuple[list[str | None], list[Any]]:
+        """What `chosen` picks in many records at once (requests without messages): texts, structures."""
+        texts: list[str | None] = []
+        for record in requests:
+            texts += _REQUEST_TEXTS(record)
+        response_texts = self._response_texts
+        for record in responses:
+            texts += response_texts(record)
+            texts.append(record.get("requested_model"))  # present only when a fallback answered
+        if responses and not self._preview_searched:
+            texts.append(None)  # a response's unsearched preview: a null in its place
+        return texts, [*map(_REQUEST_STRUCTURES, requests), *map(_RESPONSE_STRUCTURES, responses)]
+
     def request(self, call: Call) -> list[dict[str, Any]]:
         """The request record, preceded in `full` capture by any system prompt not stored before."""
-        body = call.body if isinstance(call.body, dict) else {}
+        body = call.body if isinstance(call.body, dict) else _NO_BODY
         errors: list[str] = []
-        messages = _messages(call, body, errors)
-        short = refused(call)  # a caller without a key may not fill the logs: little of what it sent is kept
-        record = head(call, "request", call.wall_start, call.requested_model, short)
-        record["client"] = clip(call.client, REFUSED_CHARS if short else NAME_CHARS)
-        record["message_count"] = sum(map(isinstance, messages, repeat(dict)))
+        endpoint = call.endpoint
+        if endpoint is Endpoint.CHAT:  # the usual call, read at once: a dict's `get` cannot fail
+            messages = body.get("messages")
+            if not isinstance(messages, list):
+                messages = ()
+        else:
+            messages = _messages(call, body, errors)
+        short = call.status == 401 and call.provider is None  # `refused`: little of what it sent is kept
+        names = REFUSED_CHARS if short else NAME_CHARS
+        limit = REFUSED_CHARS if short else self._limit
+        # The text of the first and of the last user message (a completion's prompt is both).
+        first: dict[str, Any] | None
+        last: Any
+        if endpoint is Endpoint.COMPLETIONS:
+            first = last = {"content": body.get("prompt")}
+        else:
+            first = _first_user(messages)
+            last = messages[-1] if messages else None  # the usual turn ends with the user's message
+            if last is not first and not (type(last) is dict and last.get("role") == "user"):
+                last = _first_user(reversed(messages))
+        question = this_turn = _user_text(first, limit, errors, "user_question")
+        if last is not first or question is None:
+            this_turn = _user_text(last, limit, errors, "user_message_this_turn")
+        if short or (last is not None and messages and messages[-1] is last):
+            results = []  # no tool results after the user's message
+        else:
+            results = self._tool_results(messages, errors)
         tools, thinking = body.get("tools"), body.get("enable_thinking")
-        record["tools_count"] = len(tools) if isinstance(tools, list) else 0
-        record["tool_calls_repaired"] = call.tool_repair is not None  # whether the answer will be checked
-        record["enable_thinking"] = thinking if isinstance(thinking, bool) else None
-        self._add_questions(record, errors, call.endpoint, body, messages, short)
-        record["tool_results_this_turn"] = [] if short else self._tool_results(messages, errors)
-        prompts: list[dict[str, Any]] = []
+        session, client, origin = call.session_id, call.client, call.origin
+        # A dict display of more than 16 entries costs CPython a second dict: the last fields are stored.
+        record: dict[str, Any] = {
+            "timestamp": iso(call.wall_start),
+            "type": "request",
+            "request_id": call.request_id,
+            "session_id": None if session is None else clip(session, names),
+            "provider": call.provider,
+            "model": clip(call.requested_model, names),
+            "origin": None if origin is None else clip(origin, names if short else ORIGIN_CHARS),
+            "key_name": call.key_name,
+            "endpoint": endpoint.label,
+            "stream": call.stream,
+            "limited_by": call.limited_by,
+            "client": None if client is None else clip(client, names),
+            "message_count": sum(map(isinstance, messages, _DICT)),
+            "tools_count": len(tools) if isinstance(tools, list) else 0,
+            "tool_calls_repaired": call.tool_repair is not None,  # whether the answer will be checked
+            "enable_thinking": thinking if isinstance(thinking, bool) else None,
+        }
+        record["user_question"] = question
+        record["user_message_this_turn"] = this_turn
+        record["tool_results_this_turn"] = results
+        prompts = None
         if self.full and short:
             record["messages"] = record["system_prompt_sha256"] = None
         elif self.full:
@@ -210,28 +319,6 @@ class RecordBuilder:
         if errors:
             record["record_errors"] = errors
         return [*prompts, record] if prompts else [record]
-
-    def _add_questions(
-        self,
-        record: dict[str, Any],
-        errors: list[str],
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        messages: Sequence[Any],
-        short: bool,
-    ) -> None:
-        """The text of the first and of the last user message (a completion's prompt is both)."""
-        limit = REFUSED_CHARS if short else self._limit
-        first: dict[str, Any] | None
-        last: dict[str, Any] | None
-        if endpoint is Endpoint.COMPLETIONS:
-            first = last = {"content": body.get("prompt")}
-        else:
-            first, last = _first_user(messages), _first_user(reversed(messages))
-        question = record["user_question"] = _user_text(first, limit, errors, "user_question")
-        if last is not first or question is None:
-            question = _user_text(last, limit, errors, "user_message_this_turn")
-        record["user_message_this_turn"] = question
 
     def _tool_results(self, messages: Sequence[Any], errors: list[str]) -> list[dict[str, Any]]:
         """The trailing tool messages (this turn's results), named from the calls that asked for them."""
@@ -276,9 +363,9 @@ class RecordBuilder:
             else:
                 out.append(message)
         record["messages"] = out
-        record["system_prompt_sha256"] = next(
-            (m["content_sha256"] for m in out if "content_sha256" in m), None
-        )
+        # The first message holding a hash (read in C: a conversation may be long, and hold no system prompt).
+        first = next(compress(out, map(contains, out, _SHA256)), None)
+        record["system_prompt_sha256"] = None if first is None else first["content_sha256"]
         return prompts
 
     def _prompt_ref(
@@ -295,47 +382,58 @@ class RecordBuilder:
     def response(self, call: Call, now: float) -> dict[str, Any]:
         """The response record: status, timings, the answer rebuilt, usage and cost."""
         answer = call.answer  # its parts are text by construction: folding skips (and counts) any other shape
-        limit, usage, short = self._limit, answer.usage, refused(call)
+        limit, usage = self._limit, answer.usage
+        short = call.status == 401 and call.provider is None  # `refused`
+        names = REFUSED_CHARS if short else NAME_CHARS
         content, reasoning = "".join(answer.content), "".join(answer.reasoning)
         tool_calls = _capped_tools(answer.tool_call_list(), limit) if answer.tool_calls else []
-        record = head(call, "response", now, call.model, short)
+        session, origin, error = call.session_id, call.origin, call.error or answer.error
+        headers, repair = call.upstream_headers, call.tool_repair
+        record = _RESPONSE.copy()  # every field in its place: each is filled in below
+        record["timestamp"] = iso(now)
+        record["request_id"] = call.request_id
+        record["session_id"] = None if session is None else clip(session, names)
+        record["provider"] = call.provider
+        record["model"] = clip(call.model, names)
+        record["origin"] = None if origin is None else clip(origin, names if short else ORIGIN_CHARS)
+        record["key_name"] = call.key_name
+        record["endpoint"] = call.endpoint.label
+        record["stream"] = call.stream
+        record["limited_by"] = call.limited_by
         record["status"] = call.status
         record["latency_ms"] = call.latency_ms
         record["ttft_ms"] = call.ttft_ms if call.stream else None
         record["finish_reason"] = clip(answer.finish_reason, NAME_CHARS)
         record["upstream_id"] = clip(answer.upstream_id, NAME_CHARS)
-        record["has_content"] = bool(content)
-        record["has_tool_calls"] = bool(tool_calls)
-        record["content_preview"] = cap(content, self._preview) if content else None
-        record["content"] = cap(content, limit) if content else None
+        if content:
+            record["has_content"] = True
+            preview = self._preview
+            record["content_preview"] = content if len(content) <= preview else cap(content, preview)
+            record["content"] = content if len(content) <= limit else cap(content, limit)
         record["tool_calls"] = tool_calls
-        record["has_reasoning_content"] = bool(reasoning)
-        record["reasoning_content"] = cap(reasoning, limit) if reasoning else None
+        if tool_calls:
+            record["has_tool_calls"] = True
+        if reasoning:
+            record["has_reasoning_content"] = True
+            record["reasoning_content"] = cap(reasoning, limit)
         record["tokens"] = usage
-        record["cost"], record["cost_source"], errors = self._cost(call.model, usage) if usage else _NO_COST
+        errors = None
+        if usage:
+            try:  # the usage is the upstream's, read as sent
+                record["cost"], record["cost_source"] = usage_cost(self._prices, call.model, usage)
+            except Exception:
+                errors = ["cost"]  # USD and its source stay null
         record["truncated"] = answer.truncated is True
         record["unreadable_chunks"] = answer.bad_chunks
-        record["error"] = clip(call.error or answer.error, ERROR_CHARS)
-        record["upstream_headers"] = _capped_headers(call.upstream_headers) if call.upstream_headers else None
+        record["error"] = None if error is None else clip(error, ERROR_CHARS)
+        record["upstream_headers"] = _capped_headers(headers) if headers else None
         record["client_disconnected"] = call.client_disconnected
-        record["tool_calls_repaired"] = None if call.tool_repair is None else call.tool_repair.report()
+        record["tool_calls_repaired"] = None if repair is None else repair.report()
         if call.requested_model and call.requested_model != call.model:
-            record["requested_model"] = clip(call.requested_model, REFUSED_CHARS if short else NAME_CHARS)
+            record["requested_model"] = clip(call.requested_model, names)
         if errors:
             record["record_errors"] = errors
         return record
-
-    def _cost(self, model: str | None, usage: dict[str, Any]) -> Cost:
-        """USD for the call and where the figure came from; `["cost"]` when the usage could not be read."""
-        try:  # the usage is the upstream's, read as sent
-            cost, source = usage_cost(self._prices, model, usage)
-        except Exception:
-            return None, None, ["cost"]
-        return cost, source, None
-
-
-Cost = tuple[float | None, str | None, list[str] | None]  # USD, where it came from, the record's errors
-_NO_COST: Cost = (None, None, None)
 
 
 def _messages(call: Call, body: dict[str, Any], errors: list[str]) -> Sequence[Any]:
@@ -367,7 +465,10 @@ def _user_text(message: dict[str, Any] | None, limit: int, errors: list[str], na
     if message is None:
         return None
     try:
-        return cap(text_of(message.get("content")), limit)
+        content = message.get("content")
+        if type(content) is str and len(content) <= limit:  # the usual message: text, kept whole
+            return content
+        return cap(text_of(content), limit)
     except Exception:
         errors.append(name)
         return None
