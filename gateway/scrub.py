@@ -22,9 +22,10 @@ _KEY_LIKE = re.compile(
     r"|\bAKIA[0-9A-Z]{16}\b"
     # values under credential-looking keys, escapes included, up to the quote that closes them: in plain
     # JSON that is the first unescaped quote (`"ab\"cd"` is one value); inside JSON that is itself a string
-    # (tool arguments) it is the first escaped quote not escaped again (`\"ab\\\"cd\"` is one value)
+    # (tool arguments) it is the first escaped quote not escaped again (`\"ab\\\"cd\"` is one value), and
+    # never past an unescaped quote, which ends the string holding it (`\"Bearer \\"` ends at its last `"`)
     rf'|("{_CREDENTIAL_KEYS}"\s*:\s*")(?:[^"\\]|\\.){{4,}}'
-    rf'|((?:\\?"){_CREDENTIAL_KEYS}(?:\\?")\s*:\s*(?:\\?"))(?:[^"\\]|\\[^"\\]|\\\\(?:\\.|[^\\])){{4,}}'
+    rf'|((?:\\?"){_CREDENTIAL_KEYS}(?:\\?")\s*:\s*(?:\\?"))(?:[^"\\]|\\[^"\\]|\\\\(?:\\.|[^"\\])){{4,}}'
     # DuckDB secrets: KEY_ID 'x', SECRET 'y'
     r"|((?:KEY_ID|SECRET)\s+')[^']{4,}"
 )

@@ -181,6 +181,21 @@ def test_a_value_under_a_credential_key_is_hidden_whole_whatever_it_escapes(valu
         assert orjson.loads(out) == {"password": REDACTED, "next": "kept"}
 
 
+# Text that only looks like a credential key in a string, cut off by the string's end after backslashes.
+CUT_OFF = ['api_key": "Bearer \\', 'api_key": "abcd\\', '"token": "abcdef\\\\', 'password": "x\\"yz\\']
+
+
+@pytest.mark.parametrize("content", CUT_OFF)
+def test_a_credential_value_cut_off_by_the_end_of_its_string_leaves_valid_json(content: str) -> None:
+    """The value under a key found inside a string never runs past the quote that closes that string."""
+    line = orjson.dumps({"content": content, "next": "kept"})
+    scrub = Scrubber([])
+    for out in (scrub.line(line), scrub.text(line.decode()).encode()):
+        record = orjson.loads(out)  # the line stays JSON: its next field is still there
+        assert record["next"] == "kept"
+        assert REDACTED in record["content"]
+
+
 PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 ALNUM = string.ascii_letters + string.digits
 SECRET = st.builds(
