@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,6 +19,8 @@ from gateway.routing import Router
 from gateway.scrub import Scrubber
 from gateway.upstream import Upstream
 
+log = logging.getLogger("gateway")
+
 
 class Recorder(Protocol):
     """Where a call's two records go: `request` on arrival, `response` when it is over."""
@@ -26,8 +29,9 @@ class Recorder(Protocol):
 
     def response(self, call: Call) -> None: ...
 
-    def written(self) -> asyncio.Future[None] | None:
-        """A future done once every record queued so far is written; None when none is waiting."""
+    def written(self, now: bool = False) -> asyncio.Future[None] | None:
+        """A future done once every record queued so far is written; None when none is waiting (or, with
+        `now`, once they were written at once)."""
 
     def health(self) -> dict[str, object]: ...
 
@@ -41,7 +45,7 @@ class NullRecorder:
     def response(self, call: Call) -> None:
         pass
 
-    def written(self) -> asyncio.Future[None] | None:
+    def written(self, now: bool = False) -> asyncio.Future[None] | None:
         return None
 
     def health(self) -> dict[str, object]:
@@ -62,6 +66,7 @@ class Gateway:
     limits: Limiter = field(default_factory=Limiter)  # the configured one is set by its cleanup context
     in_flight: int = 0
     draining: bool = False
+    _ended: list[Call] = field(default_factory=list)  # calls over, their metrics and settlements not yet made
 
     def log_request(self, call: Call) -> None:
         """Write the call's request record, once."""
@@ -70,20 +75,44 @@ class Gateway:
             self.recorder.request(call)
 
     def finish(self, call: Call) -> None:
-        """Close the books on a call: its request record if not yet written, its response record, metrics."""
+        """Close the books on a call: its request record if not yet written, its response record; then, once
+        its answer has left (the next turn of the loop, with every call that ended in this one), its metrics
+        and its settlement with the limits."""
         call.ended = time.perf_counter()
         self.log_request(call)
         self.recorder.response(call)
-        # Only a call an authenticated caller made and the upstream answered may name a new label.
-        answered = call.key_name is not None or self.keys.open
-        model = self.metrics.model_label(call.model, answered=answered and 0 < call.status < 400)
-        ttfb = None if call.first_byte is None else call.first_byte - call.started
-        self.metrics.observe_call(call.provider or "none", model, call.status, call.latency_ms / 1000, ttfb)
-        self.limits.settle(call)
+        if not self._ended:
+            try:
+                asyncio.get_running_loop().call_soon(self._account)
+            except RuntimeError:  # no loop (a script, a test): at once
+                self._ended.append(call)
+                self._account()
+                return
+        self._ended.append(call)
+
+    def _account(self) -> None:
+        """The metrics and settlements of the calls that ended since the last turn."""
+        ended, self._ended = self._ended, []
+        keys, metrics, limits = self.keys, self.metrics, self.limits
+        for call in ended:
+            try:
+                # Only a call an authenticated caller made and the upstream answered may name a new label.
+                answered = call.key_name is not None or keys.open
+                model = metrics.model_label(call.model, answered=answered and 0 < call.status < 400)
+                ttfb = None if call.first_byte is None else call.first_byte - call.started
+                seconds = call.latency_ms / 1000
+                metrics.observe_call(call.provider or "none", model, call.status, seconds, ttfb)
+                limits.settle(call)
+            except Exception:  # a bug: said, and the other calls of the turn are still accounted for
+                log.exception("could not account for call %s", call.request_id)
 
     async def recorded(self) -> None:
-        """Wait (at most a loop turn) until every record queued so far is written."""
-        written = self.recorder.written()
+        """Wait (at most a loop turn) until every record queued so far is written.
+
+        With no other call in flight, nothing else would join this loop turn's batch: it is written at once,
+        and the handler goes on without suspending (what one call at a time would otherwise wait a turn for).
+        """
+        written = self.recorder.written(now=self.in_flight == 0)
         if written is not None:
             await written
 

@@ -118,7 +118,7 @@ class ListRecorder:
     def response(self, call: Call) -> None:
         self.records.append(("response", call))
 
-    def written(self) -> None:
+    def written(self, now: bool = False) -> None:
         return None  # kept at once
 
     def health(self) -> dict[str, object]:

@@ -199,6 +199,17 @@ async def test_a_concurrency_slot_is_held_for_the_whole_stream(
     assert (await post(http, gateway))[0] == 200
 
 
+async def test_a_slot_is_free_again_for_the_next_call_of_a_client_calling_one_at_a_time(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A call is settled once its answer has left, before the next call from the same client can arrive."""
+    gateway = await limited(make_gateway, fake_upstream.url, {"default": {"concurrent": 1}})
+    for i in range(30):
+        status, _, body = await post(http, gateway, {**CHAT, "stream": i % 3 == 0})
+        assert status == 200, body
+    assert counted(gateway, "gateway_key_tokens_total", key="default") == 30 * FAKE_TOTAL
+
+
 async def test_a_spent_budget_is_insufficient_quota_and_counts_the_providers_cost(
     make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:

@@ -89,6 +89,24 @@ async def test_a_full_queue_is_written_at_once(tmp_path: Path) -> None:
     assert len(spooled(tmp_path)) == MAX_PENDING + 1
 
 
+async def test_a_caller_alone_has_its_batch_written_at_once_and_nothing_to_wait_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = new_recorder(tmp_path)
+    writes = count_writes(recorder, monkeypatch)
+    earlier, call = a_call(), a_call()
+    recorder.request(earlier)
+    waiter = recorder.written()  # a caller that waits for the turn
+    recorder.request(call)
+    recorder.response(call)
+    assert recorder.written(now=True) is None  # the one call in flight: written within this turn
+    assert writes == {"spool": 1, "stdout": 1}
+    assert pairs(spooled(tmp_path)) == {earlier.request_id: {"request"}, **both(call.request_id)}
+    assert waiter is not None and waiter.done()  # one write released every caller of the batch
+    await asyncio.sleep(0)
+    assert writes == {"spool": 1, "stdout": 1}  # the turn's own flush finds nothing left to write
+
+
 def test_without_a_running_loop_each_record_is_written_at_once(tmp_path: Path) -> None:
     recorder = new_recorder(tmp_path)
     call = a_call()

@@ -91,13 +91,17 @@ class LogRecorder:
         if not self._flush_scheduled or len(pending) >= MAX_PENDING:
             self._schedule()
 
-    def written(self) -> asyncio.Future[None] | None:
+    def written(self, now: bool = False) -> asyncio.Future[None] | None:
         """A future resolved once the records queued so far are written (or failed to be); None if none are.
 
         Each caller gets a future of its own, all resolved right after the one write of their batch: a caller
-        cancelled while awaiting its future cancels no other caller's wait.
+        cancelled while awaiting its future cancels no other caller's wait. `now` writes the batch at once
+        instead (its caller knows nothing else will join it), and there is nothing to wait for.
         """
         if not self._pending:
+            return None
+        if now:
+            self.flush()
             return None
         try:
             waiter = asyncio.get_running_loop().create_future()
