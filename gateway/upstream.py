@@ -130,8 +130,7 @@ class Upstream:
         silence longer than idle_timeout_s raises UpstreamTimeout, and so does reaching the call's deadline;
         what `sink` raises comes out as it is.
         """
-        idle = self.settings.idle_timeout_s
-        watch = IdleWatch(response, idle, deadline)
+        watch = IdleWatch(response, self.settings.idle_timeout_s, deadline)
         now = watch.loop.time
 
         def stamped(data: bytes) -> bool:
@@ -145,24 +144,23 @@ class Upstream:
                 if drain is not None:
                     await drain()
                 watch.waiting_since = now()
-        except TimeoutError as exc:
-            if time.perf_counter() >= deadline:
-                self.metrics.upstream_errors.labels(provider, "deadline").inc()
-                limit = self.settings.call_deadline_s
-                raise UpstreamTimeout(
-                    f"The call to {provider!r} reached its deadline of {limit:g} s."
-                ) from exc
-            self.metrics.upstream_errors.labels(provider, "idle_timeout").inc()
-            raise UpstreamTimeout(
-                f"The provider {provider!r} went silent for {idle:g} s mid-answer."
-            ) from exc
-        except HTTPError as exc:
-            self.metrics.upstream_errors.labels(provider, "broken_stream").inc()
-            raise UpstreamError(
-                f"The provider {provider!r} broke off the answer: {type(exc).__name__}."
-            ) from exc
+        except (TimeoutError, HTTPError) as exc:
+            raise self._broken(exc, provider, deadline) from exc
         finally:
             watch.cancel()
+
+    def _broken(self, exc: Exception, provider: str, deadline: float) -> UpstreamError:
+        """A body's read cut short (a timeout, or the client's HTTPError) as the gateway's error, counted."""
+        if isinstance(exc, HTTPError):
+            self.metrics.upstream_errors.labels(provider, "broken_stream").inc()
+            return UpstreamError(f"The provider {provider!r} broke off the answer: {type(exc).__name__}.")
+        if time.perf_counter() >= deadline:
+            self.metrics.upstream_errors.labels(provider, "deadline").inc()
+            limit = self.settings.call_deadline_s
+            return UpstreamTimeout(f"The call to {provider!r} reached its deadline of {limit:g} s.")
+        self.metrics.upstream_errors.labels(provider, "idle_timeout").inc()
+        idle = self.settings.idle_timeout_s
+        return UpstreamTimeout(f"The provider {provider!r} went silent for {idle:g} s mid-answer.")
 
     async def read(self, response: Response, provider: str, deadline: float) -> bytes:
         """The whole body up to `max_body_bytes`, mapping failures like `relay` does."""
