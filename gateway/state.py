@@ -96,13 +96,13 @@ class Gateway:
         keys, metrics, limits = self.keys, self.metrics, self.limits
         for call in ended:
             try:
+                limits.settle(call)  # first: a slot or a reservation left unsettled would never be freed
                 # Only a call an authenticated caller made and the upstream answered may name a new label.
                 answered = call.key_name is not None or keys.open
                 model = metrics.model_label(call.model, answered=answered and 0 < call.status < 400)
                 ttfb = None if call.first_byte is None else call.first_byte - call.started
                 seconds = call.latency_ms / 1000
                 metrics.observe_call(call.provider or "none", model, call.status, seconds, ttfb)
-                limits.settle(call)
             except Exception:  # a bug: said, and the other calls of the turn are still accounted for
                 log.exception("could not account for call %s", call.request_id)
 

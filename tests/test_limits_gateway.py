@@ -18,8 +18,10 @@ from conftest import AUTH, CHAT, PROXY_KEY, MakeGateway, RunningGateway, gateway
 from fake_upstream import FakeUpstream
 
 from gateway.auth import KeyRing
+from gateway.calls import Call
 from gateway.config import LoggingSettings
 from gateway.logs.records import RecordBuilder
+from providers.base import Endpoint
 
 TEACHING_KEY = "teaching-key-0123456789"
 TEACHING = {"Authorization": f"Bearer {TEACHING_KEY}"}
@@ -208,6 +210,34 @@ async def test_a_slot_is_free_again_for_the_next_call_of_a_client_calling_one_at
         status, _, body = await post(http, gateway, {**CHAT, "stream": i % 3 == 0})
         assert status == 200, body
     assert counted(gateway, "gateway_key_tokens_total", key="default") == 30 * FAKE_TOTAL
+
+
+async def test_a_call_whose_accounting_fails_leaves_the_other_calls_of_its_turn_accounted(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gateway = await limited(make_gateway, fake_upstream.url, {"default": {"concurrent": 3}})
+    gw = gateway.gw
+    calls = [Call(f"call-{i}", Endpoint.CHAT, key_name="default", model="fake-model") for i in range(3)]
+    for call in calls:
+        await gw.limits.admit(call, 100)
+    assert (await used(http, gateway))["default.concurrent"] == 3
+    observe = gw.metrics.observe_call
+
+    def failing(provider: str, model: str, status: int, *rest: Any) -> None:
+        if status == 500:
+            raise RuntimeError("a metrics bug")
+        observe(provider, model, status, *rest)
+
+    monkeypatch.setattr(gw.metrics, "observe_call", failing)
+    for call, status in zip(calls, (200, 500, 200), strict=True):
+        call.status = status
+        gw.finish(call)
+    assert (await used(http, gateway))["default.concurrent"] == 0  # the next turn settled all three
+    assert "could not account for call call-1" in caplog.text
 
 
 async def test_a_spent_budget_is_insufficient_quota_and_counts_the_providers_cost(
