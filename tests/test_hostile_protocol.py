@@ -223,3 +223,39 @@ async def test_a_body_that_does_not_decode_is_refused_without_a_logged_traceback
     assert fake_upstream.requests == []
     await asyncio.sleep(0.1)  # aiohttp meets the bad body again when it drains it, after the answer
     assert loud_server_logs(caplog) == []
+
+
+def dechunked(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body decoded, its framing checked: each size line, each chunk's end, the last."""
+    out = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert body == b"\r\n", f"bytes after the last chunk: {body[:80]!r}"
+            return out
+        assert body[size : size + 2] == b"\r\n", "a chunk not ended where its size says"
+        out, body = out + body[:size], body[size + 2 :]
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+async def test_a_stream_is_framed_for_the_clients_http_version(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, version: str
+) -> None:
+    """HTTP/1.1 gets chunks whose sizes add up; HTTP/1.0 gets the events as they are, ended by the close."""
+    body = orjson.dumps({**CHAT, "stream": True})
+    head = f"POST /v1/chat/completions HTTP/{version}\r\n".encode() + HOST
+    head += b"".join(f"{name}: {value}\r\n".encode() for name, value in AUTH.items())
+    connection = b"Connection: close\r\n" if version == "1.1" else b""
+    raw = head + connection + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    status, headers, received = split_response(await exchange(gateway.url, raw + body))
+    assert status == 200 and headers["content-type"] == "text/event-stream"
+    if version == "1.1":
+        assert headers["transfer-encoding"] == "chunked"
+        received = dechunked(received)
+    else:
+        assert "transfer-encoding" not in headers and "content-length" not in headers
+    events = [e for e in received.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    text = "".join(orjson.loads(e[6:])["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert text == "Hello from the fake upstream."
