@@ -15,7 +15,7 @@ from gateway.http1 import Pool
 from gateway.limits import web as limits
 from gateway.metrics import Metrics
 from gateway.middleware import add_request_id, errors
-from gateway.proxy import route
+from gateway.proxy import handler_for
 from gateway.routing import Router
 from gateway.scrub import Scrubber
 from gateway.state import GATEWAY, Gateway, Recorder
@@ -54,14 +54,14 @@ def create_app(
 
         app.cleanup_ctx.append(recorder_context(env, secrets))
 
-    app.router.add_post("/v1/chat/completions", route(Endpoint.CHAT))
-    app.router.add_post("/chat", route(Endpoint.CHAT))
-    app.router.add_post("/v1/completions", route(Endpoint.COMPLETIONS))
-    app.router.add_post("/v1/embeddings", route(Endpoint.EMBEDDINGS))
-    app.router.add_post("/v1/responses", route(Endpoint.RESPONSES))
-    app.router.add_post("/v1/messages", route(Endpoint.MESSAGES))
-    app.router.add_post("/v1/messages/count_tokens", route(Endpoint.COUNT_TOKENS))
-    app.router.add_post("/llm", route(Endpoint.RAW))
+    app.router.add_post("/v1/chat/completions", handler_for(Endpoint.CHAT))
+    app.router.add_post("/chat", handler_for(Endpoint.CHAT))
+    app.router.add_post("/v1/completions", handler_for(Endpoint.COMPLETIONS))
+    app.router.add_post("/v1/embeddings", handler_for(Endpoint.EMBEDDINGS))
+    app.router.add_post("/v1/responses", handler_for(Endpoint.RESPONSES))
+    app.router.add_post("/v1/messages", handler_for(Endpoint.MESSAGES))
+    app.router.add_post("/v1/messages/count_tokens", handler_for(Endpoint.COUNT_TOKENS))
+    app.router.add_post("/llm", handler_for(Endpoint.RAW))
     app.router.add_get("/v1/models", info.models)
     app.router.add_get("/v1/usage", limits.usage)
     app.router.add_get("/v1/usage/keys", limits.usage_of_every_key)

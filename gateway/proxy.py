@@ -53,7 +53,7 @@ _ESCAPED_KEY = re.compile(rb'("(?:[^"\\]|\\.)*\\u(?:[^"\\]|\\.)*")\s*:')
 HEADER_CAP = 512  # characters of a client header (session, client, origin) a call keeps
 
 
-def route(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def handler_for(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An aiohttp handler proxying `endpoint`."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
