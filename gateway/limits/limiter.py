@@ -130,7 +130,7 @@ class Limiter:
             else await self._admit_in_store(call, ticket, amounts, now)
         )
         if isinstance(outcome, list):
-            return plan.admitted(outcome, amounts)
+            return plan.headers(outcome, amounts, True)
         if outcome is None:
             return {}  # the store failed: let through unaccounted
         call.ticket = None

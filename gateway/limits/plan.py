@@ -117,26 +117,18 @@ class Plan:
             self.second = second
         return self.counters
 
-    def admitted(self, used: Sequence[int], amounts: Sequence[int]) -> dict[str, str]:
-        """`headers` of an admitted call, the path every call takes: in the usual plan (one meter per header
-        metric), this second's headers with the remainders filled in."""
-        single = self.single
-        if single is None:
-            return self.headers(used, amounts, True)
-        headers = self.template.copy()
-        for remaining, i, limit in single:
-            left = limit - used[i] - amounts[i]
-            headers[remaining] = str(left) if left > 0 else "0"
-        return headers
-
     def headers(self, used: Sequence[int], amounts: Sequence[int], admitted: bool) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` trio for requests and for tokens, each from its tightest window.
 
         `used` is what each counter held before the call; an admitted call's own amounts are taken off too.
         """
-        if admitted and self.single is not None:
-            return self.admitted(used, amounts)
         headers = self.template.copy()  # this second's limits and resets: only the remainders are new
+        single = self.single
+        if admitted and single is not None:  # the usual plan, on the path every call takes: one meter each
+            for remaining, i, most in single:
+                left = most - used[i] - amounts[i]
+                headers[remaining] = str(left) if left > 0 else "0"
+            return headers
         limits = self.limits
         for limit, remaining, reset, indices in self.headed:
             tightest, least = -1, 0

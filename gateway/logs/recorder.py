@@ -79,17 +79,11 @@ class LogRecorder:
 
     def request(self, call: Call) -> None:
         """Queue the call's request record (and any new system prompt); never raises."""
-        pending = self._pending
-        pending.append((call, "request"))
-        if not self._flush_scheduled or len(pending) >= MAX_PENDING:
-            self._schedule()
+        self._queue(call, "request")
 
     def response(self, call: Call) -> None:
         """Queue the call's response record; never raises. `written()` says when it is on disk."""
-        pending = self._pending
-        pending.append((call, "response"))
-        if not self._flush_scheduled or len(pending) >= MAX_PENDING:
-            self._schedule()
+        self._queue(call, "response")
 
     def written(self, now: bool = False) -> asyncio.Future[None] | None:
         """A future resolved once the records queued so far are written (or failed to be); None if none are.
@@ -111,8 +105,10 @@ class LogRecorder:
         self._waiters.append(waiter)
         return waiter
 
-    def _schedule(self) -> None:
-        """Write the queue at the next turn of the loop; at once when MAX_PENDING wait or no loop runs."""
+    def _queue(self, call: Call, kind: str) -> None:
+        """Add a record to the queue, written at the next turn of the loop; at once when MAX_PENDING wait or
+        no loop runs."""
+        self._pending.append((call, kind))
         if len(self._pending) >= MAX_PENDING:
             self.flush()
         elif not self._flush_scheduled:

@@ -150,12 +150,9 @@ def cap(text: str | None, limit: int) -> str | None:
 
 def clip(value: Any, limit: int) -> str | None:
     """A client-chosen value as capped text: None stays None, anything else becomes text first."""
-    if value.__class__ is str:  # the usual value, told apart at once
-        return value if len(value) <= limit else cap(value, limit)
     if value is None:
         return None
-    text = value if isinstance(value, str) else text_of(value)
-    return text if len(text) <= limit else cap(text, limit)
+    return cap(value if isinstance(value, str) else text_of(value), limit)
 
 
 def refused(call: Call) -> bool:
@@ -267,7 +264,7 @@ class RecordBuilder:
                 messages = ()
         else:
             messages = _messages(call, body, errors)
-        short = call.status == 401 and call.provider is None  # `refused`: little of what it sent is kept
+        short = refused(call)  # a caller without a key may not fill the logs: little of what it sent is kept
         names = REFUSED_CHARS if short else NAME_CHARS
         limit = REFUSED_CHARS if short else self._limit
         # The text of the first and of the last user message (a completion's prompt is both).
@@ -383,7 +380,7 @@ class RecordBuilder:
         """The response record: status, timings, the answer rebuilt, usage and cost."""
         answer = call.answer  # its parts are text by construction: folding skips (and counts) any other shape
         limit, usage = self._limit, answer.usage
-        short = call.status == 401 and call.provider is None  # `refused`
+        short = refused(call)
         names = REFUSED_CHARS if short else NAME_CHARS
         content, reasoning = "".join(answer.content), "".join(answer.reasoning)
         tool_calls = _capped_tools(answer.tool_call_list(), limit) if answer.tool_calls else []
@@ -407,9 +404,8 @@ class RecordBuilder:
         record["upstream_id"] = clip(answer.upstream_id, NAME_CHARS)
         if content:
             record["has_content"] = True
-            preview = self._preview
-            record["content_preview"] = content if len(content) <= preview else cap(content, preview)
-            record["content"] = content if len(content) <= limit else cap(content, limit)
+            record["content_preview"] = cap(content, self._preview)
+            record["content"] = cap(content, limit)
         record["tool_calls"] = tool_calls
         if tool_calls:
             record["has_tool_calls"] = True
@@ -465,10 +461,7 @@ def _user_text(message: dict[str, Any] | None, limit: int, errors: list[str], na
     if message is None:
         return None
     try:
-        content = message.get("content")
-        if type(content) is str and len(content) <= limit:  # the usual message: text, kept whole
-            return content
-        return cap(text_of(content), limit)
+        return cap(text_of(message.get("content")), limit)
     except Exception:
         errors.append(name)
         return None
