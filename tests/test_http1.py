@@ -584,6 +584,21 @@ async def test_more_than_the_headers_cap_is_a_protocol_error(start: Start, pool:
     await until(lambda: 0 in server.gone, PROMPTLY_S, "the client closing the connection")
 
 
+def first_then_fresh(first: Callable[[Exchange], Awaitable[None]]) -> Handler:
+    """The first connection gets what `first` writes, then waits for the client to close it; every later
+    one gets a plain "fresh" answer."""
+
+    async def handler(x: Exchange) -> bool:
+        if x.request.conn == 0:
+            await first(x)
+            await x.until_gone()
+            return False
+        await x.send(ok(b"fresh"))
+        return True
+
+    return handler
+
+
 async def test_a_second_unsolicited_answer_in_the_same_packet_is_never_handed_over(
     start: Start, pool: Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -596,15 +611,10 @@ async def test_a_second_unsolicited_answer_in_the_same_packet_is_never_handed_ov
 
     monkeypatch.setattr(Connection, "send", spy)
 
-    async def handler(x: Exchange) -> bool:
-        if x.request.conn == 0:
-            await x.send(ok(b"first") + ok(b"unsolicited"))  # one write: one packet on loopback
-            await x.until_gone()
-            return False
-        await x.send(ok(b"fresh"))
-        return True
+    async def unsolicited(x: Exchange) -> None:
+        await x.send(ok(b"first") + ok(b"unsolicited"))  # one write: one packet on loopback
 
-    server = await start(handler)
+    server = await start(first_then_fresh(unsolicited))
     assert await body_of(pool, server.url) == b"first"
     assert await body_of(pool, server.url) == b"fresh"  # at once: no pause for the client to notice
     await until(lambda: 0 in server.gone, PROMPTLY_S, "the client closing the first connection")
@@ -613,17 +623,12 @@ async def test_a_second_unsolicited_answer_in_the_same_packet_is_never_handed_ov
 
 
 async def test_bytes_on_an_idle_connection_close_it(start: Start, pool: Pool) -> None:
-    async def handler(x: Exchange) -> bool:
-        if x.request.conn == 0:
-            await x.send(ok(b"first"))
-            await asyncio.sleep(0.02)
-            await x.send(ok(b"stale"))
-            await x.until_gone()
-            return False
-        await x.send(ok(b"fresh"))
-        return True
+    async def stale_later(x: Exchange) -> None:
+        await x.send(ok(b"first"))
+        await asyncio.sleep(0.02)
+        await x.send(ok(b"stale"))
 
-    server = await start(handler)
+    server = await start(first_then_fresh(stale_later))
     assert await body_of(pool, server.url) == b"first"
     await until(lambda: 0 in server.gone, PROMPTLY_S, "the client closing the idle connection")
     assert await body_of(pool, server.url) == b"fresh"

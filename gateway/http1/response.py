@@ -72,8 +72,7 @@ class Response:
 
     def read_nowait(self) -> bytes:
         """Everything buffered, at once (only for a plain body; `readany` inflates)."""
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        data = self._take()
         self._drained()
         return data
 
@@ -87,8 +86,7 @@ class Response:
                     return out
                 continue  # input that made no output yet (a gzip header): take more, or wait for it
             if self._buffer:
-                data = self._buffer.popleft() if len(self._buffer) == 1 else b"".join(self._buffer)
-                self._buffer.clear()
+                data = self._take()
                 self._drained()
                 return data
             if self.complete:
@@ -115,18 +113,14 @@ class Response:
             if self._exc is not None:
                 raise self._exc
             if self._buffer:  # what arrived before (with the headers) or while the sink was full
-                data = self._buffer.popleft() if len(self._buffer) == 1 else b"".join(self._buffer)
-                self._buffer.clear()
-                self._size = 0
-                if self._give(sink, data):
+                if self._give(sink, self._take()):
                     if self._conn is not None:
                         self._conn.pause()
                     return False
                 continue
             if self.complete:
                 return True
-            if self._conn is not None:
-                self._conn.resume()  # paused by a full buffer or a full sink: both are empty now
+            self._drained()  # paused by a full buffer or a full sink: both are empty now
             self._sink = sink
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -201,8 +195,15 @@ class Response:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def _drained(self) -> None:
+    def _take(self) -> bytes:
+        """Everything buffered, at once, the buffer emptied (the socket is resumed by `_drained`)."""
+        buffer = self._buffer
+        data = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
         self._size = 0
+        return data
+
+    def _drained(self) -> None:
         if self._conn is not None:
             self._conn.resume()
 
@@ -210,8 +211,7 @@ class Response:
         if self._inflate is None:
             self._inflate = zlib.decompressobj(47)  # 47: a gzip or a zlib header, whichever comes
         if not self._pending:
-            self._pending = b"".join(self._buffer)
-            self._buffer.clear()
+            self._pending = self._take()
             self._drained()
         try:
             out = self._inflate.decompress(self._pending, INFLATE_PIECE)
