@@ -186,6 +186,11 @@ def test_a_write_cut_short_leaves_no_half_line(tmp_path) -> None:
     recorder.request(a_call())
     assert halves and recorder.spool.error is not None
     assert set(pairs(spooled(tmp_path))) == {kept}  # parses: the half line was cut off again
+    recorder.spool.write_fd = os.write
+    time.sleep(RETRY_S + 0.1)
+    later = record_both(recorder, a_call())  # written where the cut file ends: no gap of NULs before it
+    [chunk] = tmp_path.glob("*/*.jsonl.open")
+    assert b"\0" not in chunk.read_bytes() and set(pairs(spooled(tmp_path))) == {kept, later}
 
 
 def test_removed_chunk_file_is_re_written_from_the_open_descriptor(tmp_path) -> None:
