@@ -18,7 +18,14 @@ from test_logs_hardening import a_call, new_recorder, pairs, printed, record_bot
 
 from gateway.logs import recorder as recorder_module
 from gateway.logs import spool as spool_module
-from gateway.logs.recorder import KNOWN_CLEAN, KNOWN_CLEAN_CHARS, MAX_PENDING, LogRecorder
+from gateway.logs.recorder import (
+    HOLD_MAX_BYTES,
+    HOLD_S,
+    KNOWN_CLEAN,
+    KNOWN_CLEAN_CHARS,
+    MAX_PENDING,
+    LogRecorder,
+)
 from gateway.scrub import REDACTED, Scrubber
 
 
@@ -72,6 +79,56 @@ async def test_records_are_written_in_the_next_turn_without_anyone_waiting(tmp_p
     recorder.response(call)
     await asyncio.sleep(0)  # one turn of the loop
     assert pairs(spooled(tmp_path)) == both(call.request_id)
+
+
+async def test_request_records_alone_ride_with_the_next_write_or_go_within_the_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = new_recorder(tmp_path)
+    writes = count_writes(recorder, monkeypatch)
+    streaming, answered = a_call(), a_call()
+    recorder.request(streaming)  # a call under way: nobody waits for its request record
+    await asyncio.sleep(0)
+    assert writes == {"spool": 0, "stdout": 0} and recorder.health()["records_written"] == 0  # built, kept
+    recorder.request(answered)
+    recorder.response(answered)
+    waiter = recorder.written()
+    assert waiter is not None
+    await waiter  # the answer's write takes the kept record along: one write
+    assert writes == {"spool": 1, "stdout": 1}
+    assert pairs(spooled(tmp_path)) == {streaming.request_id: {"request"}, **both(answered.request_id)}
+    later = a_call()
+    recorder.request(later)
+    await asyncio.sleep(0)
+    assert pairs(spooled(tmp_path)).get(later.request_id) is None
+    started = time.monotonic()
+    while pairs(spooled(tmp_path)).get(later.request_id) is None:  # nothing else comes: the hold ends it
+        assert time.monotonic() - started < HOLD_S + 1.0
+        await asyncio.sleep(0.002)
+    assert time.monotonic() - started >= HOLD_S / 2 and writes == {"spool": 2, "stdout": 2}
+
+
+async def test_kept_request_records_are_written_at_close_and_never_grow_past_their_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = new_recorder(tmp_path)
+    writes = count_writes(recorder, monkeypatch)
+    kept = a_call()
+    recorder.request(kept)
+    await asyncio.sleep(0)
+    assert spooled(tmp_path) == []
+    await recorder.close(1.0)  # shutdown: nothing kept is left behind
+    assert pairs(spooled(tmp_path)) == {kept.request_id: {"request"}}
+    recorder = new_recorder(tmp_path / "big")
+    writes = count_writes(recorder, monkeypatch)
+    big = {"model": "m", "messages": [{"role": "user", "content": "q" * 60_000}]}
+    calls = [a_call(big) for _ in range(2 * HOLD_MAX_BYTES // 60_000)]
+    for call in calls:  # one batch per turn, each over 60 KB: the bound has them written before the hold ends
+        recorder.request(call)
+        await asyncio.sleep(0)
+    assert writes["spool"] >= 1 and recorder.health()["records_written"] >= HOLD_MAX_BYTES // 61_000
+    await recorder.close(1.0)
+    assert len(pairs(spooled(tmp_path / "big"))) == len(calls)
 
 
 async def test_a_full_queue_is_written_at_once(tmp_path: Path) -> None:

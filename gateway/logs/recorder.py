@@ -5,10 +5,12 @@ record queued in that turn, in one write to stdout and one to the spool (at once
 loop runs): nothing about a record happens between a client's request and the upstream request. Whoever
 must know its records are on disk awaits `written()`: the proxy does, before a whole answer leaves, so a
 `kill -9` loses no non-stream call a client saw complete; a stream's response record is written at the turn
-after its last byte, microseconds later. It never waits on S3 and never fails because of logging. A field
-that cannot be built or written as JSON is mended or dropped and named in the record's `record_errors`; a
-spool that cannot be written sends records to stdout only, is reported, and is tried again a second later.
-The background task outlives its own errors; `close()` runs every step.
+after its last byte, microseconds later. A batch of request records alone, which nobody waits for, is built
+then but kept for the next write (another call's answer), at most `HOLD_S` later: under load that halves the
+writes, each of which costs more than a record. It never waits on S3 and never fails because of logging. A
+field that cannot be built or written as JSON is mended or dropped and named in the record's
+`record_errors`; a spool that cannot be written sends records to stdout only, is reported, and is tried
+again a second later. The background task outlives its own errors; `close()` runs every step.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ MAX_PENDING = 512  # records queued in one turn of the loop: written then, witho
 # that a batch repeating them need not search them again: at most this many, of at most this many characters.
 KNOWN_CLEAN = 4096
 KNOWN_CLEAN_CHARS = 512
+HOLD_S = 0.02  # the longest a batch of request records alone waits for the next write to take it along
+HOLD_MAX_BYTES = 1 << 20  # and the most such batches keep before they are written anyway
 
 
 class LogRecorder:
@@ -75,6 +79,9 @@ class LogRecorder:
         self._pending: list[tuple[Call, str]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
+        self._held: list[bytes] = []  # built request records, kept for the next write (see `_hold`)
+        self._held_count = self._held_bytes = 0
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._clean: set[str | None] = set()  # chosen texts the scrubber found no trace of a secret in
 
     def request(self, call: Call) -> None:
@@ -127,7 +134,7 @@ class LogRecorder:
         waiters, self._waiters = self._waiters, []
         try:
             if pending:
-                self._write_batch(pending)
+                self._write_batch(pending, hold=not waiters)
         except Exception as exc:  # a bug past every guard below: said loudly, and no caller is kept waiting
             self.failed += len(pending)
             self.metrics.log_record_failures.inc(len(pending))
@@ -137,7 +144,9 @@ class LogRecorder:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def _write_batch(self, pending: list[tuple[Call, str]]) -> None:
+    def _write_batch(self, pending: list[tuple[Call, str]], hold: bool = False) -> None:
+        """Build, scrub and write `pending`; with `hold`, a batch of request records alone may be kept for
+        the next write instead (see `_hold`)."""
         batch = _Batch()
         builder = self.builder
         request, response, records, responses = (
@@ -173,7 +182,34 @@ class LogRecorder:
         else:
             if clean and fresh:
                 self._remember_clean(fresh)
+        if hold and not responses and self._hold(data, len(lines)):
+            return
         self._write(data, len(lines))
+
+    def _hold(self, data: bytes, count: int) -> bool:
+        """Keep these records for the next write, which is at most HOLD_S away; False when no loop runs (or
+        HOLD_MAX_BYTES are kept already): they are to be written now."""
+        if self._hold_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return False
+            self._hold_timer = loop.call_later(HOLD_S, self.write_held)
+        elif self._held_bytes + len(data) > HOLD_MAX_BYTES:
+            return False
+        self._held.append(data)
+        self._held_count += count
+        self._held_bytes += len(data)
+        return True
+
+    def write_held(self) -> None:
+        """Write the records kept for the next write, now; never raises."""
+        self._hold_timer = None
+        if self._held:
+            try:
+                self._write(b"", 0)
+            except Exception as exc:  # as `flush` says it
+                log.error("could not write %d kept records: %s", self._held_count, describe_error(exc))
 
     def _remember_clean(self, texts: set[str | None]) -> None:
         """Remember `texts`, searched and found clean: a later batch holding them searches only the others."""
@@ -195,6 +231,13 @@ class LogRecorder:
         return {**head(call, kind, time.time(), call.model), "status": call.status, "error": error}
 
     def _write(self, batch: bytes, count: int) -> None:
+        """Write `batch` (`count` records) after any kept ones: once to stdout, once to the spool."""
+        if self._held:
+            batch, count = b"".join([*self._held, batch]), count + self._held_count
+            self._held, self._held_count, self._held_bytes = [], 0, 0
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
+                self._hold_timer = None
         self.records_written += count
         self.metrics.log_records.inc(count)
         if self.stdout:
@@ -294,6 +337,7 @@ class LogRecorder:
     async def close(self, timeout_s: float) -> None:
         """Close the current chunk and upload everything left, within `timeout_s`; every step runs."""
         self._step("last records", self.flush)
+        self._step("last kept records", self.write_held)
         self._step("last rotation", self.spool.close_current)
         if self.uploader is None:
             return
