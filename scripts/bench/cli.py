@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gateway from this tree (e.g. `git archive <commit> gateway providers` unpacked), "
         "for before/after figures from one session",
     )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int,
+        help="rounds of the latency, streams and logging phases (default 3; --quick 2; the limits phase "
+        "runs three times as many): more rounds, steadier medians of differences of a few percent",
+    )  # fmt: skip
     parser.add_argument("--gateway-cpu", default="1", help="taskset CPU list for the gateway ('' for none)")
     parser.add_argument(
         "--harness-cpu", default="0", help="CPU list for the upstream and the load ('' for none)"
@@ -203,6 +208,9 @@ def add_hold_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hold-only", action="store_true", help="only the hold (no latency, streams or logging)"
     )
+    parser.add_argument(
+        "--hold-rounds", type=int, help="rounds of the hold per target (default 2; --quick 1)"
+    )
 
 
 def main() -> int:
@@ -218,6 +226,10 @@ def main() -> int:
         sizes = dataclasses.replace(sizes, hold_delay_ms=args.chunk_delay_ms)
     if args.history_kb:
         sizes = dataclasses.replace(sizes, hold_history_kb=args.history_kb)
+    if args.rounds:
+        sizes = dataclasses.replace(sizes, rounds=args.rounds)
+    if args.hold_rounds:
+        sizes = dataclasses.replace(sizes, hold_rounds=args.hold_rounds)
     if not (args.gateway_root / "gateway" / "__main__.py").exists():
         parser.error(f"no gateway package in {args.gateway_root}")
     if args.peers and not Path(args.peers).exists():
