@@ -362,15 +362,24 @@ class Scrubber:
         return self.batch(batch, chosen)[0]
 
     def batch(self, batch: bytes, chosen: bytes) -> tuple[bytes, bool]:
-        """`lines(batch, chosen)`, and whether `chosen` held no trace of a secret: no anchor, no trigger."""
-        anchored = self._holds_anchor(chosen)
-        if anchored:
+        """`lines(batch, chosen)`, and whether `chosen` held no secret and no key-like string.
+
+        `chosen` is small and `batch` is not: `batch` is searched only for what a search of `chosen` found. An
+        anchor or a trigger is a few bytes that text holding no secret may be full of (an upstream key named
+        `sk-bench-upstream`, an answer about "the upstream"): found without a spelling of the secret or a
+        key-like string around it, there is nothing to replace, and the texts are clean all the same.
+        """
+        clean = True
+        if self._holds_anchor(chosen):
             for finder in self._in_bytes:
-                if finder.anchor in chosen:  # always true for a secret without an anchor
-                    batch = _redact(batch, finder)
-        if not may_hold_key(chosen):
-            return batch, not anchored
-        return b"\n".join(_keys_replaced(line) for line in batch.split(b"\n")), False
+                # `in`: always true for a secret without an anchor; `is not`: _redact returns what it was
+                # given when it found no spelling of the secret. `chosen` is redacted as `batch` is, so that
+                # the search for key-like strings sees what a replacement brought together.
+                if finder.anchor in chosen and (redacted := _redact(chosen, finder)) is not chosen:
+                    chosen, batch, clean = redacted, _redact(batch, finder), False
+        if may_hold_key(chosen) and _keys_replaced(chosen) is not chosen:
+            return b"\n".join(_keys_replaced(line) for line in batch.split(b"\n")), False
+        return batch, clean
 
     def raw(self, value: bytes) -> bytes:
         """Known secrets replaced in raw bytes (cheap: used on every upstream error body)."""

@@ -290,14 +290,20 @@ def test_texts_found_clean_are_searched_once_and_a_secret_beside_them_still_foun
     assert SECRET.encode() not in written and written.count(REDACTED.encode()) == 2  # both records' origin
 
 
-def test_texts_with_a_trace_of_a_secret_are_not_remembered(tmp_path: Path) -> None:
+def test_texts_beside_a_secret_are_not_remembered_and_lookalikes_are(tmp_path: Path) -> None:
     recorder = secret_recorder(tmp_path)
-    record_both(recorder, a_call(session_id="my token"))  # a trigger: the whole batch is searched again later
-    assert recorder._clean == set()
-    record_both(recorder, a_call(session_id="Secret123456 alone"))  # the secret's anchor, not the secret
-    assert "Secret123456 alone" not in recorder._clean
+    # Each record is a batch of its own here (no loop runs): session and origin are in both.
+    record_both(recorder, a_call(session_id="my token", origin=f"https://{SECRET}.example"))  # the secret
+    record_both(recorder, a_call(session_id="Bearer abcdefghijklmnop1234", origin="https://o.example"))
+    assert recorder._clean == set()  # a batch holding either remembers none of its texts
+    # An anchor or a trigger with nothing around it to replace: clean, remembered, not searched again.
+    record_both(recorder, a_call(session_id="my token", origin="https://Secret123456.example"))
+    assert {"my token", "https://Secret123456.example", "kimi"} <= recorder._clean
     record_both(recorder, a_call(session_id="s" * (KNOWN_CLEAN_CHARS + 1)))  # clean, but too long to keep
-    assert "s" * (KNOWN_CLEAN_CHARS + 1) not in recorder._clean and "kimi" in recorder._clean
+    assert "s" * (KNOWN_CLEAN_CHARS + 1) not in recorder._clean
+    written = b"".join(path.read_bytes() for path in tmp_path.glob("*/*.jsonl*"))
+    assert SECRET.encode() not in written and b"abcdefghijklmnop1234" not in written
+    assert written.count(b"https://Secret123456.example") == 2 and written.count(b'"my token"') == 4
 
 
 def test_the_texts_remembered_are_bounded(tmp_path: Path) -> None:

@@ -299,9 +299,12 @@ def test_every_key_like_string_starts_within_reach_of_a_trigger_the_passes_find(
     ("chosen", "clean"),
     [
         (b'["Say hello.","mock-gpt",null]', True),
-        (b'["ask the task-runner"]', False),  # `sk-`, though no key follows
-        (b'["my token"]', False),  # `token"`
-        (b'["w0rd+Quote1"]', False),  # the anchor of the known secret, though not the secret
+        (b'["ask the task-runner"]', True),  # `sk-`, though no key follows
+        (b'["my token"]', True),  # `token"`, though no credential follows
+        (b'["w0rd+Quote1"]', True),  # the anchor of the known secret, though not the secret
+        (b'["ask sk-abcdefghijklmnop1234"]', False),  # a key-like string
+        (b'["Bearer abcdefghijklmnop1234"]', False),
+        (orjson.dumps([SECRET]), False),  # the secret itself
     ],
 )
 def test_a_batch_says_whether_its_chosen_values_held_any_trace_of_a_secret(
