@@ -117,8 +117,7 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
     check_spoken(provider, call.endpoint)
     _check_ready(provider)
     call.tool_repair = _tool_repair(call, provider)
-    rate = gw.limits.admit_soon(call, len(raw))
-    request[RATE_HEADERS] = rate if isinstance(rate, dict) else await rate
+    request[RATE_HEADERS] = await gw.limits.admit(call, len(raw))
     gw.log_request(call)
     provider, upstream, strip_usage = await _send(gw, call, provider, body, raw)
     call.tool_repair = _tool_repair(call, provider)  # a fallback's provider may say otherwise

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway.errors import LimitsUnavailable, RateLimited
@@ -91,12 +91,6 @@ class Limiter:
 
     async def admit(self, call: Call, body_bytes: int) -> dict[str, str]:
         """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries."""
-        admitted = self.admit_soon(call, body_bytes)
-        return admitted if isinstance(admitted, dict) else await admitted
-
-    def admit_soon(self, call: Call, body_bytes: int) -> dict[str, str] | Awaitable[dict[str, str]]:
-        """`admit`, answered at once (the headers) unless the store must be waited for (then awaitable): the
-        request path admits every call, and a coroutine it need not wait for costs it a coroutine."""
         if not self.enabled:
             return {}
         key = call.key_name or OPEN
@@ -130,11 +124,15 @@ class Limiter:
         cost = self._price(call.model, prompt, completion) if plan.counts_cost else 0
         amounts = plan.pick((1, tokens, cost, 1))
         call.ticket = ticket = _ticket(Ticket, (plan, plan.bound, tokens, cost, prompt, False))
-        if self._admit_now is None:
-            return self._admitted_by_store(call, ticket, amounts, now)
-        outcome = self._admit_now(plan.bound, amounts, now)
+        outcome = (
+            self._admit_now(plan.bound, amounts, now)
+            if self._admit_now is not None
+            else await self._admit_in_store(call, ticket, amounts, now)
+        )
         if isinstance(outcome, list):
             return plan.headers(outcome, amounts, True)
+        if outcome is None:
+            return {}  # the store failed: let through unaccounted
         call.ticket = None
         raise self._refusal(call, ticket, amounts, outcome)
 
@@ -143,24 +141,14 @@ class Limiter:
         plan.counters_at(now, self.lease_s, self._window)
         plan.bound = self.store.bind(plan.counters, now)
 
-    async def _admitted_by_store(
-        self, call: Call, ticket: Ticket, amounts: tuple[int, ...], now: float
-    ) -> dict[str, str]:
-        """`admit` with a store that is waited for."""
-        verdict = await self._admit_in_store(call, ticket, amounts, now)
-        if verdict is None:
-            return {}  # the store failed: let through unaccounted
-        if verdict.admitted:
-            return ticket.plan.headers(verdict.used, amounts, True)
-        call.ticket = None
-        raise self._refusal(call, ticket, amounts, verdict)
-
     async def _admit_in_store(
         self, call: Call, ticket: Ticket, amounts: tuple[int, ...], now: float
-    ) -> Verdict | None:
-        """The store's verdict; None when it failed and `on_store_error` lets the call through."""
+    ) -> list[int] | Verdict | None:
+        """As `MemoryStore.admit_now` answers, from a store that is waited for; None when it failed and
+        `on_store_error` lets the call through."""
         try:
-            return await self.store.admit(call.request_id, ticket.bound, amounts, now)
+            verdict = await self.store.admit(call.request_id, ticket.bound, amounts, now)
+            return list(verdict.used) if verdict.admitted else verdict
         except StoreError:
             self.count_store_error("admit")
             if self.settings.on_store_error == "allow":
