@@ -129,6 +129,12 @@ async def test_kept_request_records_are_written_at_close_and_never_grow_past_the
     assert writes["spool"] >= 1 and recorder.health()["records_written"] >= HOLD_MAX_BYTES // 61_000
     await recorder.close(1.0)
     assert len(pairs(spooled(tmp_path / "big"))) == len(calls)
+    recorder = new_recorder(tmp_path / "one")
+    writes = count_writes(recorder, monkeypatch)
+    for call in calls:  # all in one turn: one batch over the bound, written in its turn
+        recorder.request(call)
+    await asyncio.sleep(0)
+    assert writes["spool"] == 1 and len(pairs(spooled(tmp_path / "one"))) == len(calls)
 
 
 async def test_a_full_queue_is_written_at_once(tmp_path: Path) -> None:

@@ -189,14 +189,14 @@ class LogRecorder:
     def _hold(self, data: bytes, count: int) -> bool:
         """Keep these records for the next write, which is at most HOLD_S away; False when no loop runs (or
         HOLD_MAX_BYTES are kept already): they are to be written now."""
+        if self._held_bytes + len(data) > HOLD_MAX_BYTES:
+            return False
         if self._hold_timer is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 return False
             self._hold_timer = loop.call_later(HOLD_S, self.write_held)
-        elif self._held_bytes + len(data) > HOLD_MAX_BYTES:
-            return False
         self._held.append(data)
         self._held_count += count
         self._held_bytes += len(data)
