@@ -133,8 +133,8 @@ class LogRecorder:
         pending, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
         try:
-            if pending:
-                self._write_batch(pending, hold=not waiters)
+            if pending:  # request records alone, and nobody waiting: they may ride with the next write
+                self._write_batch(pending, hold=not waiters and all(kind == "request" for _, kind in pending))
         except Exception as exc:  # a bug past every guard below: said loudly, and no caller is kept waiting
             self.failed += len(pending)
             self.metrics.log_record_failures.inc(len(pending))
@@ -145,8 +145,8 @@ class LogRecorder:
                     waiter.set_result(None)
 
     def _write_batch(self, pending: list[tuple[Call, str]], hold: bool = False) -> None:
-        """Build, scrub and write `pending`; with `hold`, a batch of request records alone may be kept for
-        the next write instead (see `_hold`)."""
+        """Build, scrub and write `pending`; with `hold`, the batch may be kept for the next write instead
+        (see `_hold`)."""
         batch = _Batch()
         builder = self.builder
         request, response, records, responses = (
@@ -182,7 +182,7 @@ class LogRecorder:
         else:
             if clean and fresh:
                 self._remember_clean(fresh)
-        if hold and not responses and self._hold(data, len(lines)):
+        if hold and self._hold(data, len(lines)):
             return
         self._write(data, len(lines))
 
