@@ -32,6 +32,25 @@ IN_FLIGHT_EVERY_S = 1.0  # how fresh a worker's in-flight count is in a sibling'
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
+def settle_gc() -> None:
+    """Tune the cyclic collector for a long-lived server, once everything it keeps has been built.
+
+    The benchmark's upstream, its bare pass-through and its load generator call it too: a full collection
+    there stops every held stream at once, and the gateway then relays the backlog as one burst.
+    """
+    # Everything built so far lives as long as the process: keep it out of every full collection, whose
+    # pauses otherwise grow with start-up objects while thousands of streams wait on the loop.
+    gc.freeze()
+    # A call allocates a few hundred tracked objects and frees nearly all of them by reference counting;
+    # at the default threshold (700) the young generation is swept every few calls for almost nothing.
+    # Thousands of open streams are another matter: nearly everything they allocate survives, and a sweep
+    # of the middle generation walks every survivor since the last one. Swept after every other young
+    # sweep, it holds at most two young sweeps' worth: a pause of about 20 ms with 8,000 streams open,
+    # where 20 sweeps' worth stopped the loop for 100 to 170 ms. Each survivor is walked as often either
+    # way, and a full collection is considered as often as before (every 400 or so young sweeps).
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) -> web.AppRunner:
     """The runner `app` is served with, in production and in the tests alike.
 
@@ -61,17 +80,7 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
     runner = make_runner(app)
     await runner.setup()
     _raise_open_files_limit()
-    # Everything built so far lives as long as the process: keep it out of every full collection, whose
-    # pauses otherwise grow with start-up objects while thousands of streams wait on the loop.
-    gc.freeze()
-    # A call allocates a few hundred tracked objects and frees nearly all of them by reference counting;
-    # at the default threshold (700) the young generation is swept every few calls for almost nothing.
-    # Thousands of open streams are another matter: nearly everything they allocate survives, and a sweep
-    # of the middle generation walks every survivor since the last one. Swept after every other young
-    # sweep, it holds at most two young sweeps' worth: a pause of about 20 ms with 8,000 streams open,
-    # where 20 sweeps' worth stopped the loop for 100 to 170 ms. Each survivor is walked as often either
-    # way, and a full collection is considered as often as before (every 400 or so young sweeps).
-    gc.set_threshold(*GC_THRESHOLDS)
+    settle_gc()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=2048, shutdown_timeout=drain_s)
     await site.start()
     stop = asyncio.Event()

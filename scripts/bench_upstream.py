@@ -7,9 +7,7 @@ serialised once per shape, and records nothing.
 
 Stream shape per request, from optional body fields (the gateway forwards the client's bytes unchanged):
 `mock_chunks` content chunks (default 20), `mock_chunk_delay_ms` between them (default 0: one write),
-`mock_latency_ms` before the headers, `mock_pause_ms` after the first chunk (a stream open and silent), and
-`mock_close` to close the connection after the answer (thousands of held streams would otherwise stay behind
-as idle pooled connections, holding descriptors for a minute).
+`mock_latency_ms` before the headers and `mock_pause_ms` after the first chunk (a stream open and silent).
 Each stream is a role chunk, `tok0 ` .. `tok<N-1> ` content chunks, a finish chunk, a usage chunk
 (`choices: []`) and `data: [DONE]`.
 
@@ -27,6 +25,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from gateway.server import settle_gc
 
 CREATED = 1700000000
 REPLY = "Hello from the bench upstream. " * 4
@@ -83,15 +83,13 @@ async def handle(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response(body=completion(model), content_type="application/json")
     chunks, delay_ms = int(body.get("mock_chunks", 20)), body.get("mock_chunk_delay_ms", 0)
     pause = float(body.get("mock_pause_ms", 0)) / 1000
-    return await _stream(request, model, (chunks, delay_ms, pause), bool(body.get("mock_close")))
+    return await _stream(request, model, (chunks, delay_ms, pause))
 
 
 async def _stream(
-    request: web.BaseRequest, model: str, shape: tuple[int, float, float], close: bool
+    request: web.BaseRequest, model: str, shape: tuple[int, float, float]
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    if close:
-        response.force_close()
     await response.prepare(request)
     chunks, delay_ms, pause = shape
     events = stream_events(model, max(0, chunks))
@@ -119,6 +117,7 @@ async def serve(host: str, port: int) -> None:
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=4096).start()
     port = runner.addresses[0][1]  # the one bound, when asked for port 0
+    settle_gc()  # as the gateway does: a full collection here would stall every held stream at once
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -28,6 +28,7 @@ from bench.phases import QUICK, Latency, Sizes, alternate, holds, logging_cost, 
 from bench.processes import ROOT, core_speed_us, fd_limit, loadavg, raise_fd_limit
 from bench.report import render
 from bench.targets import Stack
+from gateway.server import settle_gc
 
 # Every added figure is against direct; the gateway's are also against the floor, with this prefix.
 BASES = {"direct": "", "floor": "floor_"}
@@ -131,7 +132,8 @@ def progress(message: str) -> None:
 
 
 def run_loop(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    """Run `main` on uvloop when it is installed, as the gateway does."""
+    """Run `main` on uvloop when it is installed, with the gateway's collector settings, as it does."""
+    settle_gc()  # a full collection here would delay thousands of held streams' chunks at once
     try:
         import uvloop
     except ImportError:

@@ -72,9 +72,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def request_body(
-    stream: bool, chunks: int = 0, delay_ms: float = 0.0, pause_ms: float = 0.0, close: bool = False,
-    history_kb: int = 0,
-) -> bytes:  # fmt: skip
+    stream: bool, chunks: int = 0, delay_ms: float = 0.0, pause_ms: float = 0.0, history_kb: int = 0
+) -> bytes:
     """A chat completion request; the mock_* fields shape the bench upstream's answer.
 
     `history_kb` puts earlier turns of about that many KB before the question, as an agent's calls carry.
@@ -87,8 +86,6 @@ def request_body(
         body |= {"mock_chunks": chunks, "mock_chunk_delay_ms": delay_ms}
     if pause_ms > 0:
         body["mock_pause_ms"] = round(pause_ms, 1)
-    if close:
-        body["mock_close"] = True
     return orjson.dumps(body)
 
 

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from gateway.server import settle_gc
+
 JSON = {"Content-Type": "application/json"}
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -61,6 +63,7 @@ async def serve(upstream: str) -> None:
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
         await site.start()
         port = runner.addresses[0][1]
+        settle_gc()  # the gateway's collector settings: the floor differs from it by code alone
         print(f"pass-through on http://127.0.0.1:{port}", flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

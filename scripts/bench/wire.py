@@ -80,11 +80,14 @@ class Stream(asyncio.Protocol):
         self.finish(type(exc).__name__ if exc else "closed before the end")
 
     def finish(self, error: str | None) -> None:
-        """Report once, then close: a keep-alive target would otherwise hold the connection."""
+        """Report once. The connection stays open, as a client's pooled one would, until `close`."""
         if self.done.done():
             return
         self.tally.ended(error, b"".join(self.parts), bool(self.parts))
         self.done.set_result(None)
+
+    def close(self) -> None:
+        """Close the connection, once the measured part of the load is over."""
         if self.transport is not None:
             self.transport.close()
 
