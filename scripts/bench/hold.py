@@ -32,7 +32,7 @@ SETTLE_S = 2.0  # between the last stream sent and the first paced chunk: the la
 GRACE_S = 20.0  # a stream not finished this long after its last chunk was due is stalled
 WATCH_EVERY_S = 0.5
 COUNTS = ("complete", "incomplete", "failed", "stalled", "seconds")
-MEDIANS = ("gap_p50_ms", "gap_p99_ms")
+MEDIANS = ("gap_p50_ms", "gap_p99_ms", "gap_p99_before_last_ms")
 
 
 class Profiler(Protocol):
@@ -67,6 +67,7 @@ class Tally:
     incomplete: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     gaps: list[float] = field(default_factory=list)
+    before_last: list[float] = field(default_factory=list)  # the gaps but the one before `[DONE]`
 
     def opened(self, now: float) -> None:
         self.open += 1
@@ -75,8 +76,10 @@ class Tally:
             if self.peak == self.total:
                 self.all_open_at = now - self.start
 
-    def gap(self, seconds: float) -> None:
+    def gap(self, seconds: float, last: bool) -> None:
         self.gaps.append(seconds)
+        if not last:
+            self.before_last.append(seconds)
 
     def ended(self, error: str | None, body: bytes, opened: bool) -> None:
         self.open -= opened
@@ -212,6 +215,7 @@ def summary(tally: Tally, stalled: int, ramp_s: float) -> dict[str, Any]:
         "errors": dict(tally.errors), "ramp_s": ramp_s, "all_open_after_s": tally.all_open_at,
         "gap_p50_ms": percentile(gaps, 50) * 1000, "gap_p99_ms": percentile(gaps, 99) * 1000,
         "gap_max_ms": (gaps[-1] if gaps else math.nan) * 1000,
+        "gap_p99_before_last_ms": percentile(sorted(tally.before_last), 99) * 1000,
     }  # fmt: skip
 
 

@@ -72,6 +72,7 @@ def hold_rows(hold: dict[str, Any]) -> Iterator[list[str]]:
         yield [label, *(fmt(h[key], 1) for h in cols)]
     yield ["  p99 added over direct's", *(fmt(h.get("added_gap_p99_ms"), 1, sign=True) for h in cols)]
     yield ["chunk gap max (ms)", *(fmt(h["gap_max_ms"], 1) for h in cols)]
+    yield ["  p99 but the gap before [DONE]", *(fmt(h.get("gap_p99_before_last_ms"), 1) for h in cols)]
     yield ["RSS before (MB)", *(fmt(h.get("rss_before_mb"), 1) for h in cols)]
     yield ["peak RSS (MB)", *(_own(h, "peak_rss_mb", 1) for h in cols)]
     yield ["RSS per stream (KB)", *(fmt(h.get("rss_per_stream_kb"), 1) for h in cols)]

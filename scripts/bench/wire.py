@@ -15,14 +15,15 @@ from typing import Protocol, cast
 from yarl import URL
 
 END = b"\r\n0\r\n\r\n"  # the last chunk of a chunked body
-WHOLE_END = b"data: [DONE]\n\n" + END  # a whole stream ends with [DONE], then the last chunk
+DONE = b"data: [DONE]"
+WHOLE_END = DONE + b"\n\n" + END  # a whole stream ends with [DONE], then the last chunk
 
 
 class Tally(Protocol):
     """Where a stream reports: its first chunk, each gap after it, and how it ended."""
 
     def opened(self, now: float) -> None: ...
-    def gap(self, seconds: float) -> None: ...
+    def gap(self, seconds: float, last: bool) -> None: ...
     def ended(self, error: str | None, body: bytes, opened: bool) -> None: ...
 
 
@@ -67,7 +68,7 @@ class Stream(asyncio.Protocol):
         if not self.parts:
             self.tally.opened(now)
         elif len(self.parts) > 1:  # the first gap is the pause every stream was asked for
-            self.tally.gap(now - self.last)
+            self.tally.gap(now - self.last, DONE in data)
         self.last = now
         self.parts.append(data)
         tail = self.tail + data
