@@ -7,6 +7,10 @@ scheduling them. The request's task waits once, for the stream's end, and wakes 
 client reads slower than the upstream writes (the upstream socket is paused until the client catches up).
 
 The events go out before they are teed: the log tee sits beside the stream, never in front of it.
+
+`data: [DONE]` is the last event of an OpenAI stream: it goes out with the end of the client's body in the
+same write, without waiting for the upstream's own end. The client's answer is whole (and its connection free
+for its next call) at once; what the upstream still sends, or fails with, is the records' alone.
 """
 
 from __future__ import annotations
@@ -46,12 +50,13 @@ async def relay_stream(
     try:
         await gw.upstream.relay(upstream, call.provider or "", call.deadline, relay, writer.drain)
         relay.finish()
-        await response.write_eof()
+        await response.write_eof()  # nothing more to write when [DONE] ended the body
     except GatewayError as exc:
         upstream.close()  # an upstream cut off mid-answer is not left to go on sending
         call.error = exc.message
         relay.release()  # text held back in case it was markup is the model's: it goes out first
-        await response.write(_error_event(call, exc))
+        if not relay.ended:  # after [DONE] the client's answer was whole: the failure is the records'
+            await response.write(_error_event(call, exc))
         await response.write_eof()
     except ConnectionResetError:
         call.client_disconnected = True
@@ -63,7 +68,7 @@ async def relay_stream(
 class StreamRelay:
     """The sink `Response.pump` hands each piece of an upstream stream to, in the connection's callback."""
 
-    __slots__ = ("add", "call", "chunked", "repair", "scrub", "splitter", "strip_usage", "writer")
+    __slots__ = ("add", "call", "chunked", "ended", "repair", "scrub", "splitter", "strip_usage", "writer")
 
     def __init__(self, gw: Gateway, call: Call, writer: StreamWriter, strip_usage: bool) -> None:
         self.call = call
@@ -76,6 +81,7 @@ class StreamRelay:
         )
         self.scrub = gw.scrubber.stream
         self.add = call.answer.add_chunk
+        self.ended = False  # the client's body has ended, with [DONE]
 
     def __call__(self, data: bytes) -> bool:
         """Relay one piece of the body; True when the client's socket is full and the upstream must wait."""
@@ -105,7 +111,10 @@ class StreamRelay:
     def send(self, events: list[bytes]) -> bool:
         """Write `events` to the client, then tee them to the answer; True when its socket is full."""
         kept = [e for e in events if not _usage_only(e)] if self.strip_usage else events
-        full = self._write(self.scrub(kept[0] if len(kept) == 1 else b"".join(kept))) if kept else False
+        full = False
+        if kept and not self.ended:
+            data = self.scrub(kept[0] if len(kept) == 1 else b"".join(kept))
+            full = self._write(data, self.chunked and DONE in kept[-1] and event_data(kept[-1]) == DONE)
         add = self.add
         for event in events:  # the tee: the answer is rebuilt after the bytes went out
             payload = event_data(event)
@@ -113,14 +122,22 @@ class StreamRelay:
                 tee(self.call, add, payload)
         return full
 
-    def _write(self, data: bytes) -> bool:
+    def _write(self, data: bytes, last: bool = False) -> bool:
         # aiohttp's `StreamWriter.write` is a coroutine; this is its synchronous core for a prepared,
-        # uncompressed response whose head has been sent: frame the chunk, write it, count it.
-        transport = self.writer.transport
+        # uncompressed response whose head has been sent: frame the chunk, write it, count it. The `last`
+        # chunk carries the body's end as `write_eof` writes it, and leaves the writer ended, as it does.
+        writer = self.writer
+        transport = writer.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("The client closed the connection.")
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
-        self.writer.output_size += len(data)
+        if not self.chunked:
+            transport.write(data)
+        elif last:
+            transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
+            writer._eof = self.ended = True  # the `write_eof` to come has nothing left to write
+        else:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        writer.output_size += len(data)
         return transport.get_write_buffer_size() > CLIENT_HIGH_WATER
 
 

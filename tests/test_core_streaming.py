@@ -15,6 +15,7 @@ from conftest import (
     event_json,
     gateway_config,
     read_events,
+    until,
 )
 from fake_upstream import FakeUpstream, Reply
 
@@ -162,3 +163,60 @@ async def test_a_streamed_tool_call_passes_through_and_is_reassembled_for_the_re
     recorded = gateway.recorder.responses()[0].answer
     assert recorded.tool_call_list() == [call]
     assert recorded.finish_reason == "tool_calls"
+
+
+CHUNK = (
+    'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+)
+DONE_EVENT = "data: [DONE]\n\n"
+
+
+async def test_the_clients_body_ends_with_done_while_the_upstream_has_not_ended_its_own(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    fake_upstream.gate = asyncio.Queue()
+    # The fake waits at the gate before its last (empty) write, and only then ends its body.
+    body = {
+        **STREAM,
+        "stream_options": {"include_usage": True},
+        "fake": {"raw_events": [CHUNK, DONE_EVENT, ""]},
+    }
+    async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+        for _ in range(2):
+            fake_upstream.gate.put_nowait(None)
+        received = await asyncio.wait_for(response.read(), STEP_S)  # the whole body: its end came with [DONE]
+    assert received == (CHUNK + DONE_EVENT).encode()
+    assert gateway.gw.in_flight == 1  # the call itself goes on until the upstream's answer has ended
+    assert gateway.recorder.responses() == []
+    # The connection is free for the client's next call, which is answered once the first has ended.
+
+    async def next_call() -> dict[str, object]:
+        async with http.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH) as second:
+            assert second.status == 200
+            return dict(await second.json())
+
+    second = asyncio.create_task(next_call())
+    await asyncio.sleep(0.2)
+    assert not second.done()
+    fake_upstream.gate.put_nowait(None)
+    assert (await asyncio.wait_for(second, STEP_S))["choices"]
+    await until(lambda: len(gateway.recorder.responses()) == 2, what="both calls recorded")
+    first = next(c for c in gateway.recorder.responses() if c.stream)
+    assert first.error is None and first.status == 200
+    assert first.answer.text == "hi"
+
+
+async def test_an_upstream_failing_after_done_leaves_the_clients_answer_whole_and_is_recorded(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    # Two events, then the connection closes without the body's end: a broken answer, after [DONE].
+    fake = {"raw_events": [CHUNK, DONE_EVENT, "never sent"], "abort_after": 2}
+    body = {**STREAM, "stream_options": {"include_usage": True}, "fake": fake}
+    async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+        assert response.status == 200
+        received = await asyncio.wait_for(response.read(), STEP_S)
+    assert received == (CHUNK + DONE_EVENT).encode()  # no error event after the end of a whole answer
+    await until(lambda: gateway.recorder.responses(), what="the call recorded")
+    call = gateway.recorder.responses()[0]
+    assert call.error is not None and "broke off" in call.error
+    assert call.answer.text == "hi"
