@@ -58,7 +58,9 @@ class Pool:
         self.max_idle_per_origin = max_idle_per_origin
         self.user_agent = user_agent
         self._ssl = ssl_context
-        self._idle: dict[tuple[str, str, int], collections.deque[Connection]] = {}
+        # Per origin, oldest first: an ordered dict, so that a connection lost while idle (or not: one the
+        # cap has just closed) is found and removed at once, where a queue of a thousand would be scanned.
+        self._idle: dict[tuple[str, str, int], collections.OrderedDict[Connection, None]] = {}
         self._open: set[Connection] = set()
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._connecting = 0
@@ -91,10 +93,12 @@ class Pool:
 
     def put(self, conn: Connection) -> None:
         conn.reused, conn.idle_since = True, time.monotonic()
-        idle = self._idle.setdefault(conn.origin, collections.deque())
-        idle.append(conn)
+        idle = self._idle.get(conn.origin)
+        if idle is None:
+            idle = self._idle[conn.origin] = collections.OrderedDict()
+        idle[conn] = None
         if len(idle) > self.max_idle_per_origin:
-            idle.popleft().abort()
+            idle.popitem(last=False)[0].abort()
         if conn.idle_since - self._swept > self.keepalive_s:
             self._sweep(conn.idle_since)
         self._wake_one()
@@ -103,14 +107,14 @@ class Pool:
         """Close what sat idle past `keepalive_s` at every origin, those no call has asked for since too."""
         self._swept = now
         for idle in self._idle.values():
-            while idle and idle[0].idle_since < now - self.keepalive_s:
-                idle.popleft().abort()
+            while idle and next(iter(idle)).idle_since < now - self.keepalive_s:
+                idle.popitem(last=False)[0].abort()
 
     def forget(self, conn: Connection) -> None:
         self._open.discard(conn)
         idle = self._idle.get(conn.origin)
-        if idle and conn in idle:
-            idle.remove(conn)
+        if idle:
+            idle.pop(conn, None)
         self._wake_one()
 
     async def close(self) -> None:
@@ -128,10 +132,10 @@ class Pool:
         if not idle:
             return None
         expired = time.monotonic() - self.keepalive_s
-        while idle and idle[0].idle_since < expired:
-            idle.popleft().abort()
+        while idle and next(iter(idle)).idle_since < expired:
+            idle.popitem(last=False)[0].abort()
         while idle:  # one aborted this loop turn (it sent bytes after its answer) is forgotten only later
-            conn = idle.pop()
+            conn = idle.popitem()[0]
             if conn.transport is not None and not conn.transport.is_closing():
                 return conn
         return None
@@ -216,10 +220,11 @@ class Pool:
 
     def _close_idle(self) -> bool:
         """Close the longest-idle connection of any origin to make room; False when none is idle."""
-        oldest = min((q[0] for q in self._idle.values() if q), key=lambda c: c.idle_since, default=None)
+        firsts = (next(iter(idle)) for idle in self._idle.values() if idle)
+        oldest = min(firsts, key=lambda c: c.idle_since, default=None)
         if oldest is None:
             return False
-        self._idle[oldest.origin].popleft()
+        del self._idle[oldest.origin][oldest]
         self._open.discard(oldest)
         oldest.abort()
         return True
