@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
 from gateway.http1 import ConnectFailed, Disconnected, Pool, ProtocolError, Response
+from gateway.http1 import pool as pool_module
 from gateway.http1.connection import MAX_HEAD_BYTES, MAX_HEADERS, Connection
 from gateway.http1.pool import _parse_target
 from gateway.http1.response import HIGH_WATER, INFLATE_PIECE
@@ -1340,17 +1341,43 @@ async def test_an_idle_connection_past_keepalive_is_not_reused(start: Start) -> 
         await until(lambda: 0 in server.gone, PROMPTLY_S, "the expired connection closed")
 
 
-async def test_max_idle_per_origin_closes_the_surplus(start: Start) -> None:
+async def test_max_idle_per_origin_closes_the_surplus_once_trim_after_s_has_passed(start: Start) -> None:
     gate = asyncio.Event()
 
     server = await start(held(gate))
-    async with pooled(max_idle_per_origin=1) as pool:
+    async with pooled(max_idle_per_origin=1, trim_after_s=0.3) as pool:
         tasks = [asyncio.create_task(body_of(pool, server.url)) for _ in range(3)]
         await until(lambda: len(server.requests) == 3, PROMPTLY_S, "three requests in flight")
         gate.set()
         await asyncio.gather(*tasks)
+        await asyncio.sleep(0.1)
+        assert not server.gone and len(pool._open) == 3  # the burst just ended: nothing closed yet
         await until(lambda: len(server.gone) == 2, PROMPTLY_S, "two surplus connections closed")
         assert len(pool._open) == 1
+
+
+async def test_a_burst_back_within_trim_after_s_finds_its_connections_open(start: Start) -> None:
+    gate = asyncio.Event()
+    gate.set()
+    server = await start(held(gate))
+    async with pooled(max_idle_per_origin=1, trim_after_s=0.5) as pool:
+        for _ in range(2):  # two bursts of three calls at once, the second within the trim's delay
+            await asyncio.gather(*(body_of(pool, server.url) for _ in range(3)))
+        assert server.accepted == pool.opened == 3
+        await until(lambda: len(server.gone) == 2, PROMPTLY_S, "two surplus connections closed")
+
+
+async def test_the_surplus_closes_a_slice_per_turn(start: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "TRIM_SLICE", 2)
+    gate = asyncio.Event()
+    server = await start(held(gate))
+    async with pooled(max_idle_per_origin=1, trim_after_s=0.05) as pool:
+        tasks = [asyncio.create_task(body_of(pool, server.url)) for _ in range(6)]
+        await until(lambda: len(server.requests) == 6, PROMPTLY_S, "six requests in flight")
+        gate.set()
+        await asyncio.gather(*tasks)
+        await until(lambda: len(server.gone) == 5, PROMPTLY_S, "five surplus connections closed")
+        assert len(pool._open) == 1 and pool._trimming is None
 
 
 # --- connecting and cancelling --------------------------------------------------------------------------

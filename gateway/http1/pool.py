@@ -21,6 +21,7 @@ from gateway.http1.response import Response
 
 _OWN = frozenset({"content-length", "transfer-encoding", "host"})  # request headers only the client writes
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # what RFC 9110 allows in a header name
+TRIM_SLICE = 256  # idle connections past the cap closed in one loop turn, between other work
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,12 @@ class Pool:
     `max_connections` (0: no limit) bounds the connections open at once over every origin; a request
     beyond it waits for one to close or come back idle. Idle connections older than `keepalive_s` are
     closed when next looked at, and one whose peer closed it between two requests is replaced once.
+
+    An origin keeps at most `max_idle_per_origin` idle connections, past the `trim_after_s` that follow
+    the moment it went over: the end of a burst (thousands of streams ending together) does not close
+    thousands of sockets in the turns that relay the other streams' last chunks, and a burst that comes
+    back within that time finds its connections open. What is over the cap then closes oldest first, a
+    slice of TRIM_SLICE per loop turn. No more is ever open than the burst itself held.
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class Pool:
         connect_timeout_s: float = 10.0,
         keepalive_s: float = 60.0,
         max_idle_per_origin: int = 1024,
+        trim_after_s: float = 1.0,
         user_agent: str = "open-llm-proxy",
         ssl_context: ssl.SSLContext | None = None,
         dns_ttl_s: float = 300.0,
@@ -56,6 +64,8 @@ class Pool:
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_s = keepalive_s
         self.max_idle_per_origin = max_idle_per_origin
+        self.trim_after_s = trim_after_s
+        self._trimming: asyncio.Handle | None = None
         self.user_agent = user_agent
         self._ssl = ssl_context
         # Per origin, oldest first: an ordered dict, so that a connection lost while idle (or not: one the
@@ -97,8 +107,8 @@ class Pool:
         if idle is None:
             idle = self._idle[conn.origin] = collections.OrderedDict()
         idle[conn] = None
-        if len(idle) > self.max_idle_per_origin:
-            idle.popitem(last=False)[0].abort()
+        if len(idle) > self.max_idle_per_origin and self._trimming is None:
+            self._trimming = asyncio.get_running_loop().call_later(self.trim_after_s, self._trim)
         if conn.idle_since - self._swept > self.keepalive_s:
             self._sweep(conn.idle_since)
         self._wake_one()
@@ -110,6 +120,17 @@ class Pool:
             while idle and next(iter(idle)).idle_since < now - self.keepalive_s:
                 idle.popitem(last=False)[0].abort()
 
+    def _trim(self) -> None:
+        """Close idle connections past each origin's cap, oldest first: a slice now, the rest next turn."""
+        self._trimming = None
+        budget, cap = TRIM_SLICE, self.max_idle_per_origin
+        for idle in self._idle.values():
+            while len(idle) > cap and budget:
+                idle.popitem(last=False)[0].abort()
+                budget -= 1
+        if not budget and any(len(idle) > cap for idle in self._idle.values()):
+            self._trimming = asyncio.get_running_loop().call_soon(self._trim)
+
     def forget(self, conn: Connection) -> None:
         self._open.discard(conn)
         idle = self._idle.get(conn.origin)
@@ -120,6 +141,8 @@ class Pool:
     async def close(self) -> None:
         """Close every connection and fail the requests waiting for one; the pool takes no more."""
         self.closed = True
+        if self._trimming is not None:
+            self._trimming.cancel()
         for conn in list(self._open):
             conn.abort()
         while self._waiters:
