@@ -52,7 +52,9 @@ def make_handler(
 async def serve(upstream: str) -> None:
     """Serve on a free loopback port until SIGTERM or SIGINT."""
     # No pool limit: the hold phase keeps thousands of upstream streams open at once, as the gateway does.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    # Idle ones close within a few seconds: 8,000 kept into the next target's hold hold 8,000 ephemeral ports
+    # to the upstream, and every connect() of the next target's ramp searches a nearly full port range.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, skip_auto_headers=["User-Agent"]

@@ -18,6 +18,7 @@ from bench.targets import Stack
 
 Measure = Callable[[Target], Awaitable[dict[str, float]]]
 Rounds = dict[str, dict[str, list[float]]]  # target -> metric -> one value per round
+HOLD_PAUSE_S = 5.0  # between two targets' holds: the floor's idle connections close in 2 to 4 s
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ async def holds(targets: list[Target], sizes: Sizes, stack: Stack) -> dict[str, 
             traced = stack.traced and target.name == "gateway" and r == 0
             profiler = Snapshots(target.server) if traced and target.server else None
             per[target.name].append(await hold_streams(target, sizes.hold_shape, watched, profiler))
-            await asyncio.sleep(2.0)  # the closed connections' last packets; a quiet start for the next
+            await asyncio.sleep(HOLD_PAUSE_S)  # a quiet start for the next target
     out = {name: merge(rounds) for name, rounds in per.items()}
     for name, rounds in per.items():
         if name != "direct" and "direct" in per:
