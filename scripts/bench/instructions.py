@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.limits import LIMITS  # the limits phase's own rules, counted here
 from bench.load import closed_loop
 from bench.processes import Server, child_env, free_port
 from bench.report import fmt, table
@@ -56,8 +57,6 @@ async def instructions(stack: Stack) -> dict[str, Any]:
 
 async def _count(stack: Stack, name: str, logging: str, limits: bool) -> float:
     """One fresh gateway under callgrind: warmed up, then CALLS calls counted."""
-    from bench.limits import LIMITS  # the limits phase's limits: the same rules, counted here
-
     port, spool = free_port(), stack.workdir / f"spool-cg-{name}"
     spool.mkdir(exist_ok=True)
     config = stack.workdir / f"gateway-cg-{name}.json"
