@@ -288,6 +288,14 @@ async def body_of(pool: Pool, url: str) -> bytes:
     return (await fetch(pool, url))[1]
 
 
+async def all_at_once(pool: Pool, server: RawServer, gate: asyncio.Event, n: int) -> list[bytes]:
+    """`n` calls in flight together: each on a connection of its own, answered once all have arrived."""
+    tasks = [asyncio.create_task(body_of(pool, server.url)) for _ in range(n)]
+    await until(lambda: len(server.requests) == n, PROMPTLY_S, f"{n} requests in flight")
+    gate.set()
+    return await asyncio.gather(*tasks)
+
+
 # --- keep-alive -----------------------------------------------------------------------------------------
 
 
@@ -304,10 +312,7 @@ async def test_concurrent_requests_open_a_connection_each_then_all_are_reused(
     gate = asyncio.Event()
 
     server = await start(held(gate, lambda x: b"%d" % x.request.conn))
-    first = [asyncio.create_task(body_of(pool, server.url)) for _ in range(3)]
-    await until(lambda: len(server.requests) == 3, PROMPTLY_S, "three requests in flight")
-    gate.set()
-    assert sorted(await asyncio.gather(*first)) == [b"0", b"1", b"2"]
+    assert sorted(await all_at_once(pool, server, gate, 3)) == [b"0", b"1", b"2"]
     assert sorted(await asyncio.gather(*(body_of(pool, server.url) for _ in range(3)))) == [b"0", b"1", b"2"]
     assert server.accepted == pool.opened == 3
 
@@ -1346,10 +1351,7 @@ async def test_max_idle_per_origin_closes_the_surplus_once_trim_after_s_has_pass
 
     server = await start(held(gate))
     async with pooled(max_idle_per_origin=1, trim_after_s=0.3) as pool:
-        tasks = [asyncio.create_task(body_of(pool, server.url)) for _ in range(3)]
-        await until(lambda: len(server.requests) == 3, PROMPTLY_S, "three requests in flight")
-        gate.set()
-        await asyncio.gather(*tasks)
+        await all_at_once(pool, server, gate, 3)
         await asyncio.sleep(0.1)
         assert not server.gone and len(pool._open) == 3  # the burst just ended: nothing closed yet
         await until(lambda: len(server.gone) == 2, PROMPTLY_S, "two surplus connections closed")
@@ -1372,10 +1374,7 @@ async def test_the_surplus_closes_a_slice_per_turn(start: Start, monkeypatch: py
     gate = asyncio.Event()
     server = await start(held(gate))
     async with pooled(max_idle_per_origin=1, trim_after_s=0.05) as pool:
-        tasks = [asyncio.create_task(body_of(pool, server.url)) for _ in range(6)]
-        await until(lambda: len(server.requests) == 6, PROMPTLY_S, "six requests in flight")
-        gate.set()
-        await asyncio.gather(*tasks)
+        await all_at_once(pool, server, gate, 6)
         await until(lambda: len(server.gone) == 5, PROMPTLY_S, "five surplus connections closed")
         assert len(pool._open) == 1 and pool._trimming is None
 
