@@ -15,7 +15,6 @@ other, and the timed phases for the whole cost.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -60,9 +59,7 @@ async def _count(stack: Stack, name: str, logging: str, limits: bool) -> float:
     port, spool = free_port(), stack.workdir / f"spool-cg-{name}"
     spool.mkdir(exist_ok=True)
     config = stack.workdir / f"gateway-cg-{name}.json"
-    write_config(config, stack.upstream_port, logging, spool)
-    if limits:
-        config.write_text(json.dumps({**json.loads(config.read_text()), "limits": LIMITS}))
+    write_config(config, stack.upstream_port, logging, spool, LIMITS if limits else None)
     out = stack.workdir / f"callgrind-{name}.out"
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m", "gateway"]
     cmd += ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

@@ -11,7 +11,6 @@ that nothing is refused: every call is admitted, charged and settled. Redis runs
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import socket
 import sys
@@ -57,9 +56,7 @@ def _pong(port: int) -> bool:
 async def start_gateway(stack: Stack, name: str, limits: dict[str, Any] | None) -> tuple[Server, int]:
     """A gateway with logging off and `limits`, on the gateway core."""
     port, path = free_port(), stack.workdir / f"gateway-limits-{name}.json"
-    write_config(path, stack.upstream_port, "off", stack.workdir)
-    config = json.loads(path.read_text())
-    path.write_text(json.dumps({**config, "limits": limits} if limits else config))
+    write_config(path, stack.upstream_port, "off", stack.workdir, limits)
     cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     server = Server(

@@ -18,8 +18,10 @@ HERE = Path(__file__).resolve().parent
 CHAT = "/v1/chat/completions"
 
 
-def write_config(path: Path, upstream_port: int, logging: str, spool: Path) -> None:
-    """A gateway config with one provider at the bench upstream, and the logging mode asked for."""
+def write_config(
+    path: Path, upstream_port: int, logging: str, spool: Path, limits: dict[str, Any] | None = None
+) -> None:
+    """A gateway config with one provider at the bench upstream, the logging mode asked for, and `limits`."""
     section: dict[str, Any] = (
         {"enabled": False} if logging == "off" else {"capture": logging, "spool_dir": str(spool)}
     )
@@ -34,6 +36,8 @@ def write_config(path: Path, upstream_port: int, logging: str, spool: Path) -> N
         },
         "logging": section,
     }
+    if limits:
+        config["limits"] = limits
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML too; chosen by the .json extension
 
 
