@@ -10,11 +10,14 @@ The events go out before they are teed: the log tee sits beside the stream, neve
 
 `data: [DONE]` is the last event of an OpenAI stream: it goes out with the end of the client's body in the
 same write, without waiting for the upstream's own end. The client's answer is whole (and its connection free
-for its next call) at once; what the upstream still sends, or fails with, is the records' alone.
+for its next call) at once; what the upstream still sends, or fails with, is the records' alone. It has
+DONE_GRACE_S to end its body: an upstream that keeps it open past that is cut off, so that the call (its
+slot under the limits, and the client's next call on the same connection) is not held until the deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -24,13 +27,14 @@ from aiohttp.http import StreamWriter
 
 from gateway.calls import Call
 from gateway.dialects import dialect_of
-from gateway.errors import GatewayError, UpstreamTooLarge
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamTooLarge
 from gateway.http1 import Response
 from gateway.sse import DONE, EventSplitter, EventTooLarge, error_event, event_data
 from gateway.state import RATE_HEADERS, Gateway
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLIENT_HIGH_WATER = 64 * 1024  # bytes queued for a client before its upstream is paused (aiohttp's own)
+DONE_GRACE_S = 5.0  # after [DONE] ended the client's body, the longest the upstream may take to end its own
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
@@ -44,7 +48,7 @@ async def relay_stream(
     assert isinstance(writer, StreamWriter)  # a response prepared once, on aiohttp's own connection
     writer.send_headers()  # the status goes out now, not with the first event
     call.status = 200
-    relay = StreamRelay(gw, call, writer, strip_usage)
+    relay = StreamRelay(gw, call, writer, upstream, strip_usage)
     gauge = gw.metrics.stream_gauge(call.provider or "", call.model)
     gauge.inc()
     try:
@@ -61,6 +65,7 @@ async def relay_stream(
     except ConnectionResetError:
         call.client_disconnected = True
     finally:
+        relay.stop_grace()
         gauge.dec()
     return response
 
@@ -68,11 +73,17 @@ async def relay_stream(
 class StreamRelay:
     """The sink `Response.pump` hands each piece of an upstream stream to, in the connection's callback."""
 
-    __slots__ = ("add", "call", "chunked", "ended", "repair", "scrub", "splitter", "strip_usage", "writer")
+    __slots__ = (
+        "add", "call", "chunked", "ended", "grace", "repair", "scrub", "splitter", "strip_usage", "upstream",
+        "writer",
+    )  # fmt: skip
 
-    def __init__(self, gw: Gateway, call: Call, writer: StreamWriter, strip_usage: bool) -> None:
+    def __init__(
+        self, gw: Gateway, call: Call, writer: StreamWriter, upstream: Response, strip_usage: bool
+    ) -> None:
         self.call = call
         self.writer = writer
+        self.upstream = upstream
         self.chunked = writer.chunked  # HTTP/1.1: each write is one chunk; HTTP/1.0: bytes until the close
         self.splitter = EventSplitter(gw.config.upstream.max_event_bytes)
         self.repair = call.tool_repair
@@ -82,6 +93,7 @@ class StreamRelay:
         self.scrub = gw.scrubber.stream
         self.add = call.answer.add_chunk
         self.ended = False  # the client's body has ended, with [DONE]
+        self.grace: asyncio.TimerHandle | None = None  # from then on, for the upstream to end its own
 
     def __call__(self, data: bytes) -> bool:
         """Relay one piece of the body; True when the client's socket is full and the upstream must wait."""
@@ -107,6 +119,17 @@ class StreamRelay:
         """Text the tool-call repair held back in case it was markup: it is the model's, so it goes out."""
         if self.repair is not None:
             self.send(self.repair.finish())
+
+    def stop_grace(self) -> None:
+        if self.grace is not None:
+            self.grace.cancel()
+
+    def _overdue(self) -> None:
+        """The upstream kept its body open DONE_GRACE_S after [DONE]: its answer fails, for the records."""
+        if not self.upstream.closed and not self.upstream.complete:
+            provider = self.call.provider
+            message = f"The provider {provider!r} kept its answer open {DONE_GRACE_S:g} s after [DONE]."
+            self.upstream.set_exception(UpstreamTimeout(message))
 
     def send(self, events: list[bytes]) -> bool:
         """Write `events` to the client, then tee them to the answer; True when its socket is full."""
@@ -135,6 +158,7 @@ class StreamRelay:
         elif last:
             transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
             writer._eof = self.ended = True  # the `write_eof` to come has nothing left to write
+            self.grace = asyncio.get_running_loop().call_later(DONE_GRACE_S, self._overdue)
         else:
             transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         writer.output_size += len(data)

@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import orjson
+import pytest
 from conftest import (
     AUTH,
     CHAT,
@@ -18,6 +19,8 @@ from conftest import (
     until,
 )
 from fake_upstream import FakeUpstream, Reply
+
+from gateway import relay
 
 STREAM = {**CHAT, "stream": True}
 STEP_S = 5  # a bound on each step, so a gateway that buffers or hangs fails instead of waiting forever
@@ -220,3 +223,28 @@ async def test_an_upstream_failing_after_done_leaves_the_clients_answer_whole_an
     call = gateway.recorder.responses()[0]
     assert call.error is not None and "broke off" in call.error
     assert call.answer.text == "hi"
+
+
+async def test_an_upstream_keeping_its_body_open_after_done_is_cut_off_after_the_grace(
+    gateway: RunningGateway,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(relay, "DONE_GRACE_S", 0.3)
+    fake_upstream.gate = asyncio.Queue()
+    for _ in range(2):
+        fake_upstream.gate.put_nowait(None)  # the chunk and [DONE]; the body's end never comes
+    fake = {"raw_events": [CHUNK, DONE_EVENT, ""]}
+    body = {**STREAM, "stream_options": {"include_usage": True}, "fake": fake}
+    async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+        received = await asyncio.wait_for(response.read(), STEP_S)
+    assert received == (CHUNK + DONE_EVENT).encode()
+    # The client's next call on the same connection waits for the first call's end: the grace, not the
+    # upstream's idle timeout (300 s).
+    async with http.post(gateway.url + "/v1/chat/completions", json=CHAT, headers=AUTH) as second:
+        assert second.status == 200
+    await until(lambda: len(gateway.recorder.responses()) == 2, what="both calls recorded")
+    first = next(c for c in gateway.recorder.responses() if c.stream)
+    assert first.error is not None and "after [DONE]" in first.error
+    assert first.answer.text == "hi" and gateway.gw.in_flight == 0
