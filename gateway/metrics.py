@@ -25,6 +25,43 @@ MAX_ANSWERED_MODELS = 100  # names beyond the configured ones that an upstream a
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # where prometheus_client's multiprocess mode keeps its files
 
 
+class LoopValue:
+    """A metric's value in a single process, where only the event loop's thread steps metrics.
+
+    prometheus_client's own (`MutexValue`) takes a lock at every step of every counter and histogram bucket,
+    which costs more than the step: a call makes four. A worker group keeps its values in the group's files
+    instead (see `WorkerGroup.join`).
+    """
+
+    _multiprocess = False
+    __slots__ = ("_exemplar", "_value")
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        self._value = 0.0
+        self._exemplar: object = None
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def set_exemplar(self, exemplar: object) -> None:
+        self._exemplar = exemplar
+
+    def get(self) -> float:
+        return self._value
+
+    def get_exemplar(self) -> object:
+        return self._exemplar
+
+
+def keep_values_in_the_loop() -> None:
+    """Make the metrics made from now on `LoopValue`s: once, in a process that serves alone (no worker group),
+    before its app exists. A process-wide switch, as the group's is."""
+    values.ValueClass = LoopValue
+
+
 @dataclass(frozen=True)
 class WorkerGroup:
     """The processes of `serve --workers N`, sharing a run folder: metric files and a pid file per worker.

@@ -14,6 +14,7 @@ import yaml
 
 LOCAL_PATH = Path("config") / "prices.yaml"  # an operator's edited copy, beside the config
 SHIPPED_PATH = Path(__file__).with_name("prices.yaml")
+KNOWN_MODELS = 1024  # model names whose price a table remembers
 
 
 class PriceTableError(ValueError):
@@ -41,14 +42,28 @@ class Price:
 
 @dataclass(frozen=True)
 class PriceTable:
-    """Prices by exact model id, then by the longest matching prefix."""
+    """Prices by exact model id, then by the longest matching prefix; each model's remembered once found."""
 
     models: dict[str, Price] = field(default_factory=dict)
     prefixes: dict[str, Price] = field(default_factory=dict)
     source: str = ""
+    # The gateway prices every call that reports usage (its record, its key's spend): pricing by prefix costs
+    # a look at every prefix, a remembered price one lookup.
+    seen: dict[str | None, Price | None] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def lookup(self, model: str | None) -> Price | None:
         """The price of `model`, or None when the table does not list it."""
+        try:
+            return self.seen[model]
+        except KeyError:
+            pass
+        seen = self.seen
+        if len(seen) >= KNOWN_MODELS:  # model names are the clients': what they take is bounded
+            seen.clear()
+        price = seen[model] = self._find(model)
+        return price
+
+    def _find(self, model: str | None) -> Price | None:
         if model is None:
             return None
         if model in self.models:

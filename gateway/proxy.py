@@ -117,7 +117,8 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
     check_spoken(provider, call.endpoint)
     _check_ready(provider)
     call.tool_repair = _tool_repair(call, provider)
-    request[RATE_HEADERS] = await gw.limits.admit(call, len(raw))
+    rate = gw.limits.admit(call, len(raw))  # at once, unless a shared store is to be waited for
+    request[RATE_HEADERS] = rate if isinstance(rate, dict) else await rate
     gw.log_request(call)
     provider, upstream, strip_usage = await _send(gw, call, provider, body, raw)
     call.tool_repair = _tool_repair(call, provider)  # a fallback's provider may say otherwise

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.config import ServerSettings
 from gateway.edge import EdgeRunner
-from gateway.metrics import WorkerGroup
+from gateway.metrics import WorkerGroup, keep_values_in_the_loop
 from gateway.state import GATEWAY, Gateway
 
 # The collector's thresholds: allocations between two sweeps of the young generation; young sweeps between
@@ -121,6 +121,7 @@ def _raise_open_files_limit() -> None:
 def run(app_factory: AppFactory, host: str, port: int, workers: int) -> int:
     """Run `app_factory()` in this process, or in `workers` forked processes sharing the port."""
     if workers <= 1:
+        keep_values_in_the_loop()  # metrics stepped by this process's loop alone
         _run_loop(serve_app(app_factory(), host, port))
         return 0
     return _supervise(app_factory, host, port, workers)

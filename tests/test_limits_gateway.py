@@ -223,7 +223,7 @@ async def test_a_call_whose_accounting_fails_leaves_the_other_calls_of_its_turn_
     gw = gateway.gw
     calls = [Call(f"call-{i}", Endpoint.CHAT, key_name="default", model="fake-model") for i in range(3)]
     for call in calls:
-        await gw.limits.admit(call, 100)
+        gw.limits.admit(call, 100)  # the in-process store admits at once
     assert (await used(http, gateway))["default.concurrent"] == 3
     observe = gw.metrics.observe_call
 

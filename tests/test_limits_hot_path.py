@@ -4,7 +4,7 @@ its headers its own, its settlement applied once and counted in /metrics at once
 from __future__ import annotations
 
 import calendar
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
@@ -32,6 +32,12 @@ def at_once(step: Coroutine[Any, Any, T]) -> T:
     raise AssertionError("it suspended: the in-process store should answer at once")
 
 
+def admitted(answer: dict[str, str] | Awaitable[dict[str, str]]) -> dict[str, str]:
+    """An admission's headers, which the in-process store gives at once, never as something to await."""
+    assert isinstance(answer, dict), "the in-process store should answer at once"
+    return answer
+
+
 def limiter() -> Limiter:
     problems: list[str] = []
     settings = parse_limits(LIMITS, problems)
@@ -57,7 +63,7 @@ def headers(remaining_requests: int, remaining_tokens: int) -> dict[str, str]:
 def test_an_admission_is_made_at_once_and_settled_once() -> None:
     limits, call = limiter(), chat("a")
     # 400 bytes of prompt are 100 tokens; with max_tokens 100, 200 are reserved
-    assert at_once(limits.admit(call, 400)) == headers(2, 1800)
+    assert admitted(limits.admit(call, 400)) == headers(2, 1800)
     call.status, call.answer.usage = 200, {"prompt_tokens": 90, "completion_tokens": 10, "total_tokens": 100}
     limits.settle(call)
     limits.settle(call)  # a second settlement changes nothing
@@ -72,13 +78,13 @@ def test_an_admission_is_made_at_once_and_settled_once() -> None:
 
 def test_each_answer_has_headers_of_its_own_and_a_refusal_has_them_too() -> None:
     limits = limiter()
-    first = at_once(limits.admit(chat("a"), 400))
+    first = admitted(limits.admit(chat("a"), 400))
     first["x-ratelimit-remaining-tokens"] = "changed by a hook"  # shared with nothing
-    assert at_once(limits.admit(chat("b"), 400)) == headers(1, 1600)
-    assert at_once(limits.admit(chat("c"), 400)) == headers(0, 1400)  # the minute's last request
+    assert admitted(limits.admit(chat("b"), 400)) == headers(1, 1600)
+    assert admitted(limits.admit(chat("c"), 400)) == headers(0, 1400)  # the minute's last request
     refused = chat("d")
     with pytest.raises(RateLimited) as caught:
-        at_once(limits.admit(refused, 400))
+        admitted(limits.admit(refused, 400))
     error = caught.value
     assert refused.limited_by == "default.requests_per_minute" and refused.ticket is None
     assert error.headers is not None and error.headers["x-ratelimit-remaining-requests"] == "0"
@@ -92,7 +98,7 @@ def test_a_settlement_counts_the_keys_tokens_at_once() -> None:
     limits = Limiter(parse_limits(LIMITS, problems), metrics=metrics, clock=lambda: NOW)
     for request_id, used in (("a", 100), ("b", 0)):
         call = chat(request_id)
-        at_once(limits.admit(call, 400))
+        admitted(limits.admit(call, 400))
         call.status = 200
         call.answer.usage = {"prompt_tokens": used, "completion_tokens": 0, "total_tokens": used}
         limits.settle(call)  # no event loop: the metric's step is made in the settlement itself
@@ -104,9 +110,9 @@ def test_a_settlement_seconds_later_corrects_the_bucket_its_reservation_went_to(
     problems: list[str] = []
     limits = Limiter(parse_limits(LIMITS, problems), clock=lambda: now[0])
     first, second = chat("a"), chat("b")
-    at_once(limits.admit(first, 400))  # 200 tokens reserved at NOW
+    admitted(limits.admit(first, 400))  # 200 tokens reserved at NOW
     now[0] += 2.5
-    assert at_once(limits.admit(second, 400)) == headers(1, 1600)  # its minute holds both reservations
+    assert admitted(limits.admit(second, 400)) == headers(1, 1600)  # its minute holds both reservations
     first.status, first.answer.usage = 200, {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
     limits.settle(first)  # its bucket is no longer the current one: corrected in place all the same
     rows: list[dict[str, Any]] = at_once(limits.usage("default"))["limits"]  # type: ignore[assignment]

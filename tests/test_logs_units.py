@@ -13,9 +13,9 @@ import orjson
 from gateway.calls import Call
 from gateway.config import LoggingSettings
 from gateway.limits.usage import usage_cost
-from gateway.logs.records import KNOWN_MODELS, RecordBuilder
+from gateway.logs.records import RecordBuilder
 from gateway.logs.spool import Spool
-from gateway.prices import Price, PriceTable
+from gateway.prices import KNOWN_MODELS, Price, PriceTable
 from gateway.scrub import REDACTED, Scrubber
 from providers.base import Endpoint
 
@@ -153,8 +153,9 @@ def test_a_model_priced_by_prefix_costs_the_same_however_many_models_came_before
         call = make_call(TOOLS_BODY, status=200, model=model)
         call.answer.usage = usage
         record = builder.response(call, time.time())
-        assert (record["cost"], record["cost_source"]) == usage_cost(table, model, usage), model
-    assert len(builder._prices.seen) <= KNOWN_MODELS  # the names are the clients': what they take is bounded
+        fresh = PriceTable(table.models, table.prefixes)  # remembers nothing yet: prices by looking
+        assert (record["cost"], record["cost_source"]) == usage_cost(fresh, model, usage), model
+    assert len(table.seen) <= KNOWN_MODELS  # the names are the clients': what they take is bounded
 
 
 def test_scrubber_hides_known_secrets_and_key_like_strings() -> None:

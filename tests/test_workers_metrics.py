@@ -1,6 +1,7 @@
 """`serve --workers 2` as one gateway: /metrics adds up the group, restarts included; /health describes it; a
 system prompt is recorded once across the workers. Real subprocesses over loopback; calls are spread over the
-workers by fresh connections (the kernel shares a SO_REUSEPORT port out by connection).
+workers by fresh connections (the kernel shares a SO_REUSEPORT port out by connection). A gateway serving
+alone keeps its values without locks, and counts the same.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import orjson
 import pytest
 from conftest import FAST_UPSTREAM, PROVIDER_KEY, CliGateway, StartCli, provider_section, until
 from fake_upstream import FakeUpstream
+from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.logs.prompts import PromptLedger
+from gateway.metrics import LoopValue, Metrics, keep_values_in_the_loop
 
 KEY = {"Authorization": "Bearer k"}
 SYSTEM = {"role": "system", "content": "You are the group's one prompt."}
@@ -231,3 +234,29 @@ def test_a_ledger_whose_folder_cannot_be_written_lets_the_prompt_be_written(tmp_
     assert ledger.claim("aa", DAY) and not ledger.claim("aa", DAY)  # once per process, as with no folder
     alone = PromptLedger()
     assert alone.claim("aa", DAY) and not alone.claim("aa", DAY) and alone.claim("aa", 2 * DAY)
+
+
+def test_a_lone_process_counts_in_loop_values_as_prometheus_clients_own_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # the switch is process-wide: undone after
+    keep_values_in_the_loop()
+    metrics = Metrics(["m"])
+    for seconds in (0.2, 0.3, 7.0):
+        metrics.observe_call("p", "m", 200, seconds, 0.004)
+    metrics.in_flight.set(5)
+    metrics.in_flight.set(4)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+    }
+    call = (("model", "m"), ("provider", "p"))
+    assert samples["gateway_requests_total", (*call, ("status", "200"))] == 3
+    assert samples["gateway_request_duration_seconds_count", call] == 3
+    assert samples["gateway_request_duration_seconds_sum", call] == pytest.approx(7.5)
+    assert samples["gateway_request_duration_seconds_bucket", (("le", "0.25"), *call)] == 1
+    assert samples["gateway_request_duration_seconds_bucket", (("le", "10.0"), *call)] == 3
+    assert samples["gateway_time_to_first_chunk_seconds_bucket", (("le", "0.005"), *call)] == 3
+    assert samples["gateway_in_flight_requests", ()] == 4
+    assert type(metrics.requests.labels("p", "m", "200")._value) is LoopValue

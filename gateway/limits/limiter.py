@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway.errors import LimitsUnavailable, RateLimited
@@ -89,8 +89,11 @@ class Limiter:
         self._children: dict[tuple[str, str], Any] = {}
         self._tokens_children: dict[str, Any] = {}  # the tokens metric's child of each key, by the key alone
 
-    async def admit(self, call: Call, body_bytes: int) -> dict[str, str]:
-        """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries."""
+    def admit(self, call: Call, body_bytes: int) -> dict[str, str] | Awaitable[dict[str, str]]:
+        """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries.
+
+        The in-process store answers at once, and so does this; a shared store is waited for: then what is
+        returned is to be awaited for the same (a refusal raised there)."""
         if not self.enabled:
             return {}
         key = call.key_name or OPEN
@@ -124,13 +127,22 @@ class Limiter:
         cost = self._price(call.model, prompt, completion) if plan.counts_cost else 0
         amounts = plan.pick((1, tokens, cost, 1))
         call.ticket = ticket = _ticket(Ticket, (plan, plan.bound, tokens, cost, prompt, False))
-        outcome = (
-            self._admit_now(plan.bound, amounts, now)
-            if self._admit_now is not None
-            else await self._admit_in_store(call, ticket, amounts, now)
-        )
+        if self._admit_now is None:
+            return self._admitted(call, ticket, amounts, now)
+        return self._answer(call, ticket, amounts, self._admit_now(plan.bound, amounts, now))
+
+    async def _admitted(
+        self, call: Call, ticket: Ticket, amounts: tuple[int, ...], now: float
+    ) -> dict[str, str]:
+        """`admit`'s answer from a store that is waited for."""
+        return self._answer(call, ticket, amounts, await self._admit_in_store(call, ticket, amounts, now))
+
+    def _answer(
+        self, call: Call, ticket: Ticket, amounts: tuple[int, ...], outcome: list[int] | Verdict | None
+    ) -> dict[str, str]:
+        """The headers of an admitted call, or the refusal raised."""
         if isinstance(outcome, list):
-            return plan.headers(outcome, amounts, True)
+            return ticket.plan.headers(outcome, amounts, True)
         if outcome is None:
             return {}  # the store failed: let through unaccounted
         call.ticket = None

@@ -14,14 +14,22 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from multidict import istr
+
 from gateway.limits.config import Meter, Rule
 from gateway.limits.store import Counter, Kind, resets_in
 from gateway.limits.windows import Window, bucket, reset_text
 
 AMOUNTS = ("requests", "tokens", "cost", "concurrent")  # a call's amounts, in this order
 _KINDS = {Window.MINUTE: Kind.SLIDING, Window.DAY: Kind.CALENDAR, Window.MONTH: Kind.CALENDAR}
+# The names as `istr`, the case-insensitive text aiohttp keeps header names as: a plain `str` name is made one
+# again in every answer that carries it.
 _HEADER_NAMES = {
-    metric: (f"x-ratelimit-limit-{metric}", f"x-ratelimit-remaining-{metric}", f"x-ratelimit-reset-{metric}")
+    metric: (
+        istr(f"x-ratelimit-limit-{metric}"),
+        istr(f"x-ratelimit-remaining-{metric}"),
+        istr(f"x-ratelimit-reset-{metric}"),
+    )
     for metric in ("requests", "tokens")  # the metrics OpenAI's x-ratelimit-* headers describe
 }
 CalendarWindow = Callable[[Window, float], tuple[str, float]]  # the window id, and when it ends

@@ -27,7 +27,7 @@ from gateway.config import LoggingSettings
 from gateway.dialects import dialect_of
 from gateway.limits.usage import usage_cost
 from gateway.logs.prompts import PromptLedger
-from gateway.prices import Price, PriceTable
+from gateway.prices import PriceTable
 from providers.base import Endpoint
 
 NAME_CHARS = 256  # model, session_id, client, requested_model, tool names and ids, finish_reason, upstream_id
@@ -36,7 +36,6 @@ ERROR_CHARS = 2000
 HEADER_CHARS = 256  # each upstream header's name and value
 MAX_HEADERS = 20
 REFUSED_CHARS = 64  # a call refused for its key: anyone can send one, so its strings are kept short
-KNOWN_MODELS = 1024  # model names whose price is remembered
 DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
 _NO_BODY: dict[str, Any] = {}  # the body of a call that has none, only ever read
 _DICT = repeat(dict)  # `map(isinstance, messages, _DICT)`: endless, so one serves every call
@@ -183,24 +182,6 @@ def head(call: Call, kind: str, ts: float, model: str | None, short: bool | None
     }
 
 
-@dataclass(frozen=True)
-class _KnownPrices(PriceTable):
-    """The price table with each model's price remembered: pricing by prefix costs a scan of them all."""
-
-    seen: dict[str | None, Price | None] = field(default_factory=dict, compare=False, repr=False)
-
-    def lookup(self, model: str | None) -> Price | None:
-        try:
-            return self.seen[model]
-        except KeyError:
-            pass
-        seen = self.seen
-        if len(seen) >= KNOWN_MODELS:  # model names are the clients': what they take is bounded
-            seen.clear()
-        price = seen[model] = super().lookup(model)
-        return price
-
-
 @dataclass
 class RecordBuilder:
     """Turns calls into records under one capture setting; its ledger says which system prompts to store."""
@@ -222,7 +203,6 @@ class RecordBuilder:
             else itemgetter(*_RESPONSE_TEXT_FIELDS)
         )
         self._result_cap = self._limit if self.full else self._preview
-        self._prices = _KnownPrices(self.prices.models, self.prices.prefixes, self.prices.source)
 
     def chosen(self, record: dict[str, Any]) -> tuple[Any, ...] | None:
         """The values in `record` a client or an upstream chose; None: the whole record is to be searched."""
@@ -416,7 +396,7 @@ class RecordBuilder:
         errors = None
         if usage:
             try:  # the usage is the upstream's, read as sent
-                record["cost"], record["cost_source"] = usage_cost(self._prices, call.model, usage)
+                record["cost"], record["cost_source"] = usage_cost(self.prices, call.model, usage)
             except Exception:
                 errors = ["cost"]  # USD and its source stay null
         record["truncated"] = answer.truncated is True
