@@ -95,8 +95,8 @@ async def handle(request: web.Request, endpoint: Endpoint) -> web.StreamResponse
     finally:
         gw.in_flight -= 1
         gw.finish(call)
-        if hold:
-            await gw.recorded()
+        if hold and (written := gw.recorded()) is not None:
+            await written
 
 
 async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamResponse:

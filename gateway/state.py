@@ -106,15 +106,15 @@ class Gateway:
             except Exception:  # a bug: said, and the other calls of the turn are still accounted for
                 log.exception("could not account for call %s", call.request_id)
 
-    async def recorded(self) -> None:
-        """Wait (at most a loop turn) until every record queued so far is written.
+    def recorded(self) -> asyncio.Future[None] | None:
+        """A future done (at most a loop turn later) once every record queued so far is written; None when
+        there is nothing to wait for.
 
         With no other call in flight, nothing else would join this loop turn's batch: it is written at once,
         and the handler goes on without suspending (what one call at a time would otherwise wait a turn for).
+        A future, not a coroutine: every call that answers whole waits on it, and a coroutine costs one more.
         """
-        written = self.recorder.written(now=self.in_flight == 0)
-        if written is not None:
-            await written
+        return self.recorder.written(now=self.in_flight == 0)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
