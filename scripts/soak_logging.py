@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,15 +23,10 @@ from pathlib import Path
 
 import aiohttp
 import yaml
+from bench.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PROXY_KEY = "soak-proxy-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kb(pid: int) -> int:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -22,7 +21,7 @@ import pytest
 import yaml
 from aiohttp import web
 from fake_upstream import FakeUpstream
-from gateway_process import UpstreamThread
+from gateway_process import UpstreamThread, free_port
 
 from gateway.app import create_app
 from gateway.auth import KeyRing
@@ -227,12 +226,6 @@ async def until(predicate: Callable[[], object], within: float = 5, what: str = 
 def event_json(event: bytes) -> Any:
     assert event.startswith(b"data: "), event
     return orjson.loads(event[len(b"data: ") :])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -24,6 +24,7 @@ PROVIDER_KEY = "test-provider-key-9876543210"
 
 
 def free_port() -> int:
+    """A loopback port free now (the tests' one helper), for a server that cannot report the port it bound."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
