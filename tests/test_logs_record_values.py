@@ -23,6 +23,7 @@ GATEWAY_MADE = {
     "request": {
         *("timestamp", "type", "request_id", "provider", "key_name", "endpoint", "stream", "limited_by"),
         *("message_count", "tools_count", "tool_calls_repaired", "enable_thinking", "record_errors"),
+        "system_prompt_sha256",  # full capture: a digest
     },
     "response": {
         *("timestamp", "type", "request_id", "provider", "key_name", "endpoint", "stream", "limited_by"),
@@ -89,11 +90,13 @@ TOOL_TURN = [
 ]
 
 
+@pytest.mark.parametrize("capture", ["summary", "full"])
 @pytest.mark.parametrize("kind", ["request", "response"])
-def test_every_field_is_made_by_the_gateway_or_searched_for_secrets(kind: str) -> None:
-    builder = RecordBuilder(LoggingSettings())
+def test_every_field_is_made_by_the_gateway_or_searched_for_secrets(kind: str, capture: str) -> None:
+    builder = RecordBuilder(LoggingSettings(capture=capture))
     call = full_call()
     record = builder.request(call)[-1] if kind == "request" else builder.response(call, time.time())
+    assert (kind == "request" and capture == "full") == ("messages" in record)
     searched = builder.chosen(record)
     assert searched is not None
     for name, value in record.items():
@@ -104,10 +107,11 @@ def test_every_field_is_made_by_the_gateway_or_searched_for_secrets(kind: str) -
         assert {"requested_model", "upstream_headers", "tool_calls_repaired", "tool_calls"} <= set(record)
 
 
-def test_records_holding_their_messages_and_failed_records_are_searched_whole() -> None:
+def test_system_prompts_and_failed_records_are_searched_whole() -> None:
     builder = RecordBuilder(LoggingSettings(capture="full"))
     prompt, request = builder.request(full_call())
-    assert builder.chosen(prompt) is None and builder.chosen(request) is None
+    assert prompt["type"] == "system_prompt" and builder.chosen(prompt) is None
+    assert builder.chosen(request) is not None  # its messages among what it searches (above)
     assert builder.chosen({"type": "response", "request_id": "x", "status": 500, "error": "e"}) is None
 
 

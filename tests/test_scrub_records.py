@@ -185,6 +185,34 @@ def test_a_secret_in_any_chosen_field_is_scrubbed(
     assert_clean(lines)
 
 
+# Kept by full capture alone, in the request's `messages`: the rest of the conversation.
+HISTORY: dict[str, Callable[[Call, str], None]] = {
+    "an earlier answer": lambda c, t: c.body["messages"].insert(1, {"role": "assistant", "content": t}),  # type: ignore[index]
+    "an earlier question": lambda c, t: c.body["messages"].insert(0, {"role": "user", "content": t}),  # type: ignore[index]
+    "a message's other field": lambda c, t: c.body["messages"].insert(
+        1, {"role": "user", "content": "", "name": t}
+    ),  # type: ignore[index]
+    "earlier tool arguments": lambda c, t: c.body["messages"].insert(  # type: ignore[index]
+        1, {"role": "assistant", "tool_calls": [{"id": "c0", "function": {"name": "f", "arguments": t}}]}
+    ),
+}
+
+
+@pytest.mark.parametrize("spelling", ["raw", "json", "double_json", "url", "unicode_upper"])
+@pytest.mark.parametrize("field", HISTORY)
+def test_a_secret_anywhere_in_a_full_capture_conversation_is_scrubbed(
+    tmp_path: Path, field: str, spelling: str
+) -> None:
+    text = f"key {SPELLINGS[spelling](SECRET)}; " + "; ".join(KEY_LIKE)
+    call = the_call()
+    call.body["messages"].append({"role": "user", "content": "And now?"})  # type: ignore[index]
+    HISTORY[field](call, text)
+    lines = Written(tmp_path, "full").record(call)
+    request = orjson.loads(lines[-2])
+    assert request["type"] == "request" and REDACTED in orjson.dumps(request["messages"]).decode()
+    assert_clean(lines)
+
+
 def test_a_preview_longer_than_the_content_kept_is_searched_too(tmp_path: Path) -> None:
     call = the_call()
     answer_with(call, content="x" * 40 + "; ".join(KEY_LIKE))

@@ -155,8 +155,6 @@ class LogRecorder:
             batch.records,
             batch.responses,
         )
-        # A request record holding its messages (full capture) is searched whole, as are system prompts.
-        requests = None if builder.full else batch.requests
         for call, kind in pending:
             try:
                 if kind == "response":  # the most common record first, kept in its kind's list at once
@@ -170,8 +168,8 @@ class LogRecorder:
                 continue
             if len(made) > 1:
                 for prompt in made[:-1]:  # the system prompts the request is the first to name
-                    batch.add(prompt, None)
-            batch.add(made[-1], requests)
+                    batch.add(prompt, None)  # searched whole
+            batch.add(made[-1], batch.requests)
         lines = batch.lines()
         try:
             searched, fresh = batch.searched(lines, builder, self._clean)

@@ -43,9 +43,10 @@ _SHA256 = repeat("content_sha256")
 
 # The fields a client or an upstream chose the values of: the only ones the scrubber searches for traces of a
 # secret (see `RecordBuilder.chosen`). Every other field holds what the gateway made itself: times, ids,
-# counts, flags, labels, and the names the config gave (`provider`, `key_name`, `limited_by`). A record
-# holding its `messages` (full capture), and any other kind of record, is searched whole. They come in two
-# kinds: texts (a string or null each, which the recorder may know to be searched already) and structures.
+# counts, flags, labels, and the names the config gave (`provider`, `key_name`, `limited_by`). In full
+# capture a request's `messages` are one more structure (system prompts replaced by their digests); a system
+# prompt's record, and any other kind of record, is searched whole. They come in two kinds: texts (a string
+# or null each, which the recorder may know to be searched already) and structures.
 # Read with `itemgetter`, many records at a time: every record the builder makes has every field.
 _REQUEST_TEXTS = itemgetter(
     "session_id",
@@ -66,6 +67,7 @@ _RESPONSE_TEXT_FIELDS = (  # and its preview when it may hold more than its cont
     "error",
 )
 _REQUEST_STRUCTURES = itemgetter("tool_results_this_turn")
+_FULL_REQUEST_STRUCTURES = itemgetter("tool_results_this_turn", "messages")
 _RESPONSE_STRUCTURES = itemgetter("tool_calls", "tokens", "upstream_headers", "tool_calls_repaired")
 
 # A response record starts as a copy of this template, every field in its place with the value a call that has
@@ -203,6 +205,7 @@ class RecordBuilder:
             else itemgetter(*_RESPONSE_TEXT_FIELDS)
         )
         self._result_cap = self._limit if self.full else self._preview
+        self._request_structures = _FULL_REQUEST_STRUCTURES if self.full else _REQUEST_STRUCTURES
 
     def chosen(self, record: dict[str, Any]) -> tuple[Any, ...] | None:
         """The values in `record` a client or an upstream chose; None: the whole record is to be searched."""
@@ -211,9 +214,10 @@ class RecordBuilder:
             if kind == "response":
                 texts, structures = self.chosen_in((), (record,))
                 return (*texts, *structures[0])  # a response's structures come in one tuple
-            if kind == "request" and "messages" not in record:
+            if kind == "request":
                 texts, structures = self.chosen_in((record,), ())
-                return (*texts, *structures)
+                # in full capture a request's structures come in one tuple (its tool results, its messages)
+                return (*texts, *structures[0]) if self.full else (*texts, *structures)
         except KeyError:  # not a record the builder made (the minimal one of a failure)
             pass
         return None
@@ -221,7 +225,7 @@ class RecordBuilder:
     def chosen_in(
         self, requests: Sequence[dict[str, Any]], responses: Sequence[dict[str, Any]]
     ) -> tuple[list[str | None], list[Any]]:
-        """What `chosen` picks in many records at once (requests without messages): texts, structures."""
+        """What `chosen` picks in many records at once: texts, structures."""
         texts: list[str | None] = []
         for record in requests:
             texts += _REQUEST_TEXTS(record)
@@ -231,7 +235,7 @@ class RecordBuilder:
             texts.append(record.get("requested_model"))  # present only when a fallback answered
         if responses and not self._preview_searched:
             texts.append(None)  # a response's unsearched preview: a null in its place
-        return texts, [*map(_REQUEST_STRUCTURES, requests), *map(_RESPONSE_STRUCTURES, responses)]
+        return texts, [*map(self._request_structures, requests), *map(_RESPONSE_STRUCTURES, responses)]
 
     def request(self, call: Call) -> list[dict[str, Any]]:
         """The request record, preceded in `full` capture by any system prompt not stored before."""
