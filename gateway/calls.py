@@ -262,7 +262,9 @@ class Call:
     @property
     def latency_ms(self) -> float:
         end = time.perf_counter() if self.ended is None else self.ended
-        return round((end - self.started) * 1000, 2)
+        # To the hundredth of a ms: round() to a whole number is several times quicker than round(x, 2),
+        # which goes through decimal digits, and each call is timed twice (its record, its metrics).
+        return round((end - self.started) * 100_000) / 100
 
     @property
     def wall_end(self) -> float:
@@ -271,4 +273,4 @@ class Call:
 
     @property
     def ttft_ms(self) -> float | None:
-        return None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 2)
+        return None if self.first_byte is None else round((self.first_byte - self.started) * 100_000) / 100
