@@ -92,8 +92,8 @@ class Limiter:
     def admit(self, call: Call, body_bytes: int) -> dict[str, str] | Awaitable[dict[str, str]]:
         """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries.
 
-        The in-process store answers at once, and so does this; a shared store is waited for: then what is
-        returned is to be awaited for the same (a refusal raised there)."""
+        With the in-process store they come at once. A shared store is waited for: what comes is then an
+        awaitable of them, which raises the refusal."""
         if not self.enabled:
             return {}
         key = call.key_name or OPEN
