@@ -10,10 +10,10 @@ from urllib.parse import quote, quote_plus
 
 import orjson
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.scrub import REDACTED, Scrubber
+from gateway.scrub import _KEY_LIKE, REDACTED, Scrubber, _keep_label
 
 SECRETS = {
     "quote": 'pa"ss-w0rdQuote1',
@@ -234,3 +234,37 @@ def test_a_scrubbed_record_is_always_valid_json(secret: str, before: str, after:
     for out in (scrub.line(line), scrub.raw(line)):
         record = orjson.loads(out)  # raises if scrubbing broke the JSON
         assert secret not in record["raw"][0] and secret not in record["error"]
+
+
+# Pieces of key-like strings and of what only looks like them, in both cases, with look-alike letters.
+KEYISH = st.sampled_from(
+    [
+        *(
+            "Bearer ",
+            "bearer\t",
+            "sk-",
+            "SK-",
+            "pk-",
+            "rk-",
+            "or-",
+            "olp-",
+            "AKIA",
+            "akia",
+            "api_key",
+            "APIKEY",
+        ),
+        *("s3_key", "secret", "Secret", "passwd", "token", "key_id", "KEY_ID ", '"', '\\"', '": "', "'", " "),
+        *("abcdefghijklmnop", "0123456789ABCDEF", "x" * 4, "59.678s", "9999", "\u212a", "\u017f", "é"),
+        *("s", "k", "-", "_", "a", "p", "i", "e", "y", "t", "o", "n"),
+    ]
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(KEYISH, max_size=10).map("".join))
+@example("\u017fk-abcdefghijklmnop1234")  # the long s: no `s` once lowered, yet the regex matches it as one
+@example("s\u212a-abcdefghijklmnop1234")  # the Kelvin sign, lowered to `k`
+def test_text_replaces_exactly_what_the_key_regex_replaces(text: str) -> None:
+    """Looking for the triggers first changes nothing the regex would find: text that is not ASCII, where
+    case-insensitive matching pairs letters that lowering does not, goes to the regex at once."""
+    assert Scrubber([]).text(text) == _KEY_LIKE.sub(_keep_label(str), text)
