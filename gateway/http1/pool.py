@@ -117,8 +117,7 @@ class Pool:
         """Close what sat idle past `keepalive_s` at every origin, those no call has asked for since too."""
         self._swept = now
         for idle in self._idle.values():
-            while idle and next(iter(idle)).idle_since < now - self.keepalive_s:
-                idle.popitem(last=False)[0].abort()
+            _close_older(idle, now - self.keepalive_s)
 
     def _trim(self) -> None:
         """Close idle connections past each origin's cap, oldest first: a slice now, the rest next turn."""
@@ -154,9 +153,7 @@ class Pool:
         idle = self._idle.get(origin)
         if not idle:
             return None
-        expired = time.monotonic() - self.keepalive_s
-        while idle and next(iter(idle)).idle_since < expired:
-            idle.popitem(last=False)[0].abort()
+        _close_older(idle, time.monotonic() - self.keepalive_s)
         while idle:  # one aborted this loop turn (it sent bytes after its answer) is forgotten only later
             conn = idle.popitem()[0]
             if conn.transport is not None and not conn.transport.is_closing():
@@ -311,3 +308,9 @@ def _default_tls() -> ssl.SSLContext:
     if not _TLS:
         _TLS.append(ssl.create_default_context())
     return _TLS[0]
+
+
+def _close_older(idle: collections.OrderedDict[Connection, None], since: float) -> None:
+    """Close the idle connections (oldest first) that have been idle since before `since`."""
+    while idle and next(iter(idle)).idle_since < since:
+        idle.popitem(last=False)[0].abort()
