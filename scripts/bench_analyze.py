@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gateway.analyze.synthetic import SynthConfig, generate
+from synthetic import SynthConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

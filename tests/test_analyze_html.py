@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from browser import CHROMIUM, CHROMIUM_ARGS
 from playwright.sync_api import sync_playwright
+from synthetic import SynthConfig, generate
 
 from gateway.analyze.cli import main
-from gateway.analyze.synthetic import SynthConfig, generate
 
 CHARTS = (
     "calls_per_day",

@@ -11,11 +11,11 @@ from typing import Any
 import duckdb
 import pytest
 from moto_s3 import S3
+from synthetic import SynthConfig, SynthStats, generate
 from test_analyze_checks import check_report
 from test_analyze_expected import calls_of, quantile, read_folder
 
 from gateway.analyze.cli import main
-from gateway.analyze.synthetic import SynthConfig, SynthStats, generate
 
 
 def run(*args: str) -> tuple[int, str]:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from synthetic import SynthConfig, generate
 from test_analyze_expected import read_folder
 
 from gateway.analyze.cli import main
-from gateway.analyze.synthetic import SynthConfig, generate
 
 
 def transcript(root: Path, session: str, *args: str) -> str:

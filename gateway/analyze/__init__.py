@@ -6,5 +6,4 @@ store, calls     typed `records`, then one row per call with filters and prices 
 sections/        one module per section, each a `model.Section` of facts, tables and charts
 text, html, svg  renderers; `--json` is `Report.as_json()`
 transcript*      one session as a conversation
-synthetic*       realistic records in the real layout, for tests and the benchmark
 """

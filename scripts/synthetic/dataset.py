@@ -1,9 +1,5 @@
-"""Synthetic gateway log records in the real spool layout, for tests, demos and the benchmark.
-
-The records follow the gateway's record format field for field; `gateway.analyze.synthetic_sessions`
-simulates the conversations, this module spreads them over days and writes the chunk files.
-Run `python -m gateway.analyze.synthetic OUT_DIR --records 100000` to make a data set.
-"""
+"""Synthetic gateway log records in the real spool layout: `sessions` simulates the conversations, this
+module spreads them over days and writes the chunk files."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.analyze.synthetic_sessions import SessionSimulator
+from synthetic.sessions import SessionSimulator
 
 DAY_S = 86_400
 
@@ -150,7 +146,3 @@ def main(argv: list[str] | None = None) -> None:
     config = SynthConfig(args.records, args.start, args.days, args.capture, args.seed)
     stats = generate(args.out, config)
     print(f"{stats.records} records in {stats.files} files ({stats.bytes / 1e6:.1f} MB) under {args.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway.analyze.synthetic_catalog import APPS, MODELS, App, Model, fail
-from gateway.analyze.synthetic_text import (
+from synthetic.catalog import APPS, MODELS, App, Model, fail
+from synthetic.text import (
     FOLLOW_UPS,
     QUESTIONS,
     SYSTEM_PROMPTS,
