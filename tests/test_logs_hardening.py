@@ -39,7 +39,8 @@ from gateway.auth import KeyRing
 from gateway.calls import Call
 from gateway.config import LoggingSettings, parse_config
 from gateway.logs import records
-from gateway.logs.recorder import TOO_DEEP, LogRecorder, dumps
+from gateway.logs.lines import TOO_DEEP, dumps
+from gateway.logs.recorder import LogRecorder
 from gateway.logs.records import RecordBuilder
 from gateway.logs.spool import RETRY_S, Spool
 from gateway.logs.uploader import S3Target, Uploader

@@ -13,7 +13,8 @@ from test_logs_units import TOOLS_BODY, make_call
 
 from gateway.config import LoggingSettings
 from gateway.logs import records
-from gateway.logs.records import RecordBuilder, iso
+from gateway.logs.fields import iso
+from gateway.logs.records import RecordBuilder
 from gateway.repair import ToolCallRepair
 
 # What the gateway itself writes into a record: times, ids, counts, flags, labels and config names. Every

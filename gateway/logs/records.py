@@ -3,10 +3,9 @@
 Field names follow the earlier open-llm-proxy so that existing DuckDB queries keep working;
 LOGGING.md documents each one. Whatever a client sends, both records of its call are built: a field
 derived from an odd shape that cannot be read is left null and named in `record_errors`, and every string
-the client chose is capped (the caps below, listed in LOGGING.md).
+the client chose is capped (the caps in `fields`, listed in LOGGING.md).
 
-Building runs for every call, so it reads no more of a call than its fields need: in `summary` capture the
-first and last user messages and the trailing tool results are found from either end of the conversation.
+Building runs for every call, so it reads no more of a call than its fields need (see `conversation`).
 """
 
 from __future__ import annotations
@@ -14,29 +13,30 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
 from itertools import compress, repeat
 from operator import contains, itemgetter
 from typing import Any
 
-import orjson
-
 from gateway.calls import Call
 from gateway.config import LoggingSettings
-from gateway.dialects import dialect_of
 from gateway.limits.usage import usage_cost
+from gateway.logs.conversation import first_user, messages_of, tool_names, trailing_tools, user_text
+from gateway.logs.fields import (
+    ERROR_CHARS,
+    HEADER_CHARS,
+    MAX_HEADERS,
+    NAME_CHARS,
+    ORIGIN_CHARS,
+    REFUSED_CHARS,
+    cap,
+    clip,
+    iso,
+    text_of,
+)
 from gateway.logs.prompts import PromptLedger
 from gateway.prices import PriceTable
 from providers.base import Endpoint
 
-NAME_CHARS = 256  # model, session_id, client, requested_model, tool names and ids, finish_reason, upstream_id
-ORIGIN_CHARS = 512
-ERROR_CHARS = 2000
-HEADER_CHARS = 256  # each upstream header's name and value
-MAX_HEADERS = 20
-REFUSED_CHARS = 64  # a call refused for its key: anyone can send one, so its strings are kept short
-DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
 _NO_BODY: dict[str, Any] = {}  # the body of a call that has none, only ever read
 _DICT = repeat(dict)  # `map(isinstance, messages, _DICT)`: endless, so one serves every call
 _SHA256 = repeat("content_sha256")
@@ -107,53 +107,6 @@ _RESPONSE: dict[str, Any] = {
     "client_disconnected": None,
     "tool_calls_repaired": None,
 }
-
-
-def iso(ts: float) -> str:
-    """UTC ISO-8601 with microseconds, the records' timestamp format: `datetime.isoformat()`, cheaply."""
-    second = int(ts)
-    micro = round((ts - second) * 1e6)  # exact, and rounded half to even as `datetime.fromtimestamp` rounds
-    if not 0 < micro < 1_000_000:  # a whole second, or rounded into the next one (or, before 1970, the last)
-        second, micro = second + micro // 1_000_000, micro % 1_000_000
-        if not micro:
-            return _second(second) + "+00:00"  # as `isoformat()` writes a time without microseconds
-    # Two table lookups: formatting `{micro:06d}` costs more than the rest of the timestamp together.
-    return f"{_second(second)}.{_DIGITS[micro // 1000]}{_DIGITS[micro % 1000]}+00:00"
-
-
-_DIGITS = tuple(f"{n:03d}" for n in range(1000))
-
-
-@lru_cache(maxsize=4)
-def _second(second: int) -> str:
-    """`YYYY-MM-DDTHH:MM:SS` of a whole second: the calls of one second share it."""
-    return datetime.fromtimestamp(second, UTC).isoformat()[:-6]
-
-
-def text_of(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts (and plain strings) of an array."""
-    if isinstance(content, str):
-        return content
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        parts = (p if isinstance(p, str) else p.get("text") if isinstance(p, dict) else None for p in content)
-        return "\n".join(p for p in parts if isinstance(p, str))
-    return orjson.dumps(content, default=str, option=DUMP_OPTIONS).decode()
-
-
-def cap(text: str | None, limit: int) -> str | None:
-    """`text` cut to `limit` characters, ending with a marker that says how many more there were."""
-    if text is None or len(text) <= limit:
-        return text
-    return text[:limit] + f"… [{len(text) - limit} more chars]"
-
-
-def clip(value: Any, limit: int) -> str | None:
-    """A client-chosen value as capped text: None stays None, anything else becomes text first."""
-    if value is None:
-        return None
-    return cap(value if isinstance(value, str) else text_of(value), limit)
 
 
 def refused(call: Call) -> bool:
@@ -247,7 +200,7 @@ class RecordBuilder:
             if not isinstance(messages, list):
                 messages = ()
         else:
-            messages = _messages(call, body, errors)
+            messages = messages_of(call, body, errors)
         short = refused(call)  # a caller without a key may not fill the logs: little of what it sent is kept
         names = REFUSED_CHARS if short else NAME_CHARS
         limit = REFUSED_CHARS if short else self._limit
@@ -257,13 +210,13 @@ class RecordBuilder:
         if endpoint is Endpoint.COMPLETIONS:
             first = last = {"content": body.get("prompt")}
         else:
-            first = _first_user(messages)
+            first = first_user(messages)
             last = messages[-1] if messages else None  # the usual turn ends with the user's message
             if last is not first and not (type(last) is dict and last.get("role") == "user"):
-                last = _first_user(reversed(messages))
-        question = this_turn = _user_text(first, limit, errors, "user_question")
+                last = first_user(reversed(messages))
+        question = this_turn = user_text(first, limit, errors, "user_question")
         if last is not first or question is None:
-            this_turn = _user_text(last, limit, errors, "user_message_this_turn")
+            this_turn = user_text(last, limit, errors, "user_message_this_turn")
         if short or (last is not None and messages and messages[-1] is last):
             results = []  # no tool results after the user's message
         else:
@@ -306,10 +259,10 @@ class RecordBuilder:
         if messages and isinstance(messages[-1], dict) and messages[-1].get("role") != "tool":
             return []  # the usual turn: it ends with the user's message
         try:
-            run, before = _trailing_tools(messages)
+            run, before = trailing_tools(messages)
             if not run:
                 return []
-            names = _tool_names(messages, before, {str(m.get("tool_call_id")) for m in run})
+            names = tool_names(messages, before, {str(m.get("tool_call_id")) for m in run})
             return [self._tool_result(message, names) for message in run]
         except Exception:
             errors.append("tool_results_this_turn")
@@ -414,79 +367,6 @@ class RecordBuilder:
         if errors:
             record["record_errors"] = errors
         return record
-
-
-def _messages(call: Call, body: dict[str, Any], errors: list[str]) -> Sequence[Any]:
-    """The conversation as a list, or empty; "messages" goes into `errors` when it could not be read."""
-    try:
-        conversation = _conversation(call, body)
-    except Exception:
-        errors.append("messages")
-        return ()
-    return conversation if isinstance(conversation, list) else ()
-
-
-def _conversation(call: Call, body: dict[str, Any]) -> Any:
-    """The request's messages: chat's own, or another dialect's conversation read as chat messages."""
-    dialect = None if call.endpoint is Endpoint.CHAT else dialect_of(call.endpoint)
-    return body.get("messages") if dialect is None else dialect.conversation(body)
-
-
-def _first_user(messages: Any) -> dict[str, Any] | None:
-    """The first user message `messages` yields (read from the end, the last one)."""
-    for message in messages:
-        if isinstance(message, dict) and message.get("role") == "user":
-            return message
-    return None
-
-
-def _user_text(message: dict[str, Any] | None, limit: int, errors: list[str], name: str) -> str | None:
-    """The capped text of `message`; None when there is none, or (noted in `errors`) when none can be made."""
-    if message is None:
-        return None
-    try:
-        return cap(text_of(message.get("content")), limit)
-    except Exception:
-        errors.append(name)
-        return None
-
-
-def _trailing_tools(messages: Sequence[Any]) -> tuple[list[dict[str, Any]], int]:
-    """The tool messages that end the conversation, in order, and how many messages come before them."""
-    run: list[dict[str, Any]] = []
-    at = len(messages)
-    while at:
-        message = messages[at - 1]
-        if isinstance(message, dict):
-            if message.get("role") != "tool":
-                break
-            run.append(message)
-        at -= 1
-    run.reverse()
-    return run, at
-
-
-def _tool_names(messages: Sequence[Any], before: int, wanted: set[str]) -> dict[str, str]:
-    """Tool-call id -> function name, each from the latest assistant message before `before` that asked."""
-    names: dict[str, str] = {}
-    for at in range(before - 1, -1, -1):
-        message = messages[at]
-        if isinstance(message, dict) and message.get("role") == "assistant":
-            for call_id, name in _asked_tools(message.get("tool_calls")).items():
-                names.setdefault(call_id, name)
-            if wanted <= names.keys():
-                break
-    return names
-
-
-def _asked_tools(tool_calls: Any) -> dict[str, str]:
-    """Tool-call id -> function name, from an assistant message's `tool_calls` of whatever shape."""
-    names: dict[str, str] = {}
-    for tc in tool_calls if isinstance(tool_calls, list) else ():
-        function = tc.get("function") if isinstance(tc, dict) else None
-        if isinstance(function, dict):
-            names[str(tc.get("id"))] = clip(function.get("name"), NAME_CHARS) or ""
-    return names
 
 
 def _capped_tools(tool_calls: list[dict[str, str]], limit: int) -> list[dict[str, Any]]:
