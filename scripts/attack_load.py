@@ -55,6 +55,8 @@ async def refused_upload(port: int, upload: Upload, timeout_s: float) -> str:
                 return await _send_until_answered(reader, writer, upload)
             finally:
                 writer.close()
+                with contextlib.suppress(ConnectionError):  # a reset, or asyncio prints it as never retrieved
+                    await writer.wait_closed()
     except TimeoutError:
         return "no answer in time"
     except ConnectionError:
