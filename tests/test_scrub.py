@@ -13,7 +13,8 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.scrub import _KEY_LIKE, REDACTED, Scrubber, _keep_label
+from gateway.keylike import KEY_LIKE, keep_label
+from gateway.scrub import REDACTED, Scrubber
 
 SECRETS = {
     "quote": 'pa"ss-w0rdQuote1',
@@ -267,4 +268,4 @@ KEYISH = st.sampled_from(
 def test_text_replaces_exactly_what_the_key_regex_replaces(text: str) -> None:
     """Looking for the triggers first changes nothing the regex would find: text that is not ASCII, where
     case-insensitive matching pairs letters that lowering does not, goes to the regex at once."""
-    assert Scrubber([]).text(text) == _KEY_LIKE.sub(_keep_label(str), text)
+    assert Scrubber([]).text(text) == KEY_LIKE.sub(keep_label(str), text)

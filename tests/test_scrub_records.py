@@ -24,22 +24,21 @@ from test_scrub import SPELLINGS
 
 from gateway.calls import Call
 from gateway.config import LoggingSettings
-from gateway.logs.recorder import LogRecorder
-from gateway.logs.records import RecordBuilder
-from gateway.logs.spool import Spool
-from gateway.metrics import Metrics
-from gateway.scrub import (
+from gateway.keylike import (
     _CREDENTIAL_NAMES,
     _KEY_LIKE_BYTES,
     _PASSES,
     _REACH,
     _TRIGGERS,
-    REDACTED,
-    Scrubber,
-    _keep_label,
-    _keys_replaced,
+    keep_label,
+    keys_replaced,
     may_hold_key,
 )
+from gateway.logs.recorder import LogRecorder
+from gateway.logs.records import RecordBuilder
+from gateway.logs.spool import Spool
+from gateway.metrics import Metrics
+from gateway.scrub import REDACTED, Scrubber
 from providers.base import Endpoint
 
 SECRET = 'pa"ss/w0rd+Quote1=Key'  # characters that JSON and URL encoding rewrite
@@ -310,13 +309,13 @@ KEY_LIKE_FRAGMENTS = st.sampled_from(
 @given(st.lists(KEY_LIKE_FRAGMENTS, max_size=30).map("".join))
 def test_key_like_strings_are_replaced_as_the_regex_replaces_them_along_the_whole_line(text: str) -> None:
     line = text.encode()
-    assert _keys_replaced(line) == _KEY_LIKE_BYTES.sub(_keep_label(bytes), line)
+    assert keys_replaced(line) == _KEY_LIKE_BYTES.sub(keep_label(bytes), line)
 
 
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(KEY_LIKE_FRAGMENTS, max_size=30).map("".join))
 def test_every_key_like_string_starts_within_reach_of_a_trigger_the_passes_find(text: str) -> None:
-    # What lets `_keys_replaced` try the regex only just before the triggers: no match starts farther off.
+    # What lets `keys_replaced` try the regex only just before the triggers: no match starts farther off.
     line = text.encode()
     hits = [found.start() for search in _PASSES for found in search.finditer(line.lower())]
     for match in _KEY_LIKE_BYTES.finditer(line):
@@ -353,4 +352,4 @@ def test_a_value_under_each_credential_name_is_replaced_as_the_regex_replaces_it
     name: str, form: str
 ) -> None:
     line = ("say " + form.format(name) + ", then or-" + "x" * 20).encode()
-    assert _keys_replaced(line) == _KEY_LIKE_BYTES.sub(_keep_label(bytes), line) != line
+    assert keys_replaced(line) == _KEY_LIKE_BYTES.sub(keep_label(bytes), line) != line
