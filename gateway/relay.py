@@ -13,6 +13,9 @@ same write, without waiting for the upstream's own end. The client's answer is w
 for its next call) at once; what the upstream still sends, or fails with, is the records' alone. It has
 DONE_GRACE_S to end its body: an upstream that keeps it open past that is cut off, so that the call (its
 slot under the limits, and the client's next call on the same connection) is not held until the deadline.
+The call is timed to the client's last byte all the same. When the upstream's body ends, the request's task
+wakes through the pool's `EndPacer`: with thousands of streams ending at once, a slice of them per loop turn,
+so that their handlers' returns, records and metrics do not hold back the chunks of the streams still going.
 """
 
 from __future__ import annotations
@@ -158,6 +161,7 @@ class StreamRelay:
         elif last:
             transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
             writer._eof = self.ended = True  # the `write_eof` to come has nothing left to write
+            self.call.ended = time.perf_counter()  # the client's last byte: the call's latency ends here
             self.grace = asyncio.get_running_loop().call_later(DONE_GRACE_S, self._overdue)
         else:
             transport.write(b"%x\r\n%b\r\n" % (len(data), data))

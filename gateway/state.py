@@ -78,7 +78,8 @@ class Gateway:
         """Close the books on a call: its request record if not yet written, its response record; then, once
         its answer has left (the next turn of the loop, with every call that ended in this one), its metrics
         and its settlement with the limits."""
-        call.ended = time.perf_counter()
+        if call.ended is None:  # a stream that ended with [DONE] was timed at its last byte
+            call.ended = time.perf_counter()
         self.log_request(call)
         self.recorder.response(call)
         if not self._ended:

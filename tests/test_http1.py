@@ -33,6 +33,7 @@ from multidict import CIMultiDict
 from gateway.http1 import ConnectFailed, Disconnected, Pool, ProtocolError, Response
 from gateway.http1 import pool as pool_module
 from gateway.http1.connection import MAX_HEAD_BYTES, MAX_HEADERS, Connection
+from gateway.http1.pacer import EndPacer
 from gateway.http1.pool import _parse_target
 from gateway.http1.response import HIGH_WATER, INFLATE_PIECE
 
@@ -1106,6 +1107,66 @@ async def test_an_answer_cut_short_fails_the_pump_with_what_it_got_handed_over(
     with pytest.raises(Disconnected):
         await pumped(response, sink)
     assert sink.received == b"0123456789"
+
+
+async def test_the_end_pacer_wakes_a_slice_of_readers_per_turn_in_the_order_their_bodies_ended() -> None:
+    loop = asyncio.get_running_loop()
+    pacer, woken = EndPacer(per_turn=3), []
+    waiters = [loop.create_future() for _ in range(9)]
+    for i, waiter in enumerate(waiters):
+        waiter.add_done_callback(lambda f, i=i: woken.append(i) if not f.cancelled() else None)
+    waiters[4].cancel()  # its reader went away: it is passed over, and takes no one's place
+    for waiter in waiters:  # nine bodies end in one turn
+        if not waiter.done():
+            pacer.wake(waiter)
+    done = [sum(w.done() and not w.cancelled() for w in waiters)]
+    for _ in range(4):
+        await asyncio.sleep(0)  # one turn of the loop
+        done.append(sum(w.done() and not w.cancelled() for w in waiters))
+    assert done == [3, 6, 8, 8, 8] and pacer.waiting == 0
+    await asyncio.sleep(0)
+    assert woken == [0, 1, 2, 3, 5, 6, 7, 8]
+    alone = loop.create_future()
+    pacer.wake(alone)  # a turn later, an end that comes alone wakes its reader at once
+    assert alone.done()
+
+
+class CountingPacer(EndPacer):
+    """An EndPacer that counts the ends handed to it."""
+
+    __slots__ = ("ends",)
+
+    def __init__(self, per_turn: int) -> None:
+        super().__init__(per_turn)
+        self.ends = 0
+
+    def wake(self, waiter: asyncio.Future[None]) -> None:
+        self.ends += 1
+        super().wake(waiter)
+
+
+async def test_relayed_bodies_ending_together_all_reach_their_readers_through_the_pacer(
+    start: Start, pool: Pool
+) -> None:
+    go, count = asyncio.Event(), 10
+
+    async def ends_on_cue(exchange: Exchange) -> bool:
+        await exchange.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await go.wait()
+        await exchange.send(b"4\r\nlast\r\n0\r\n\r\n")
+        return True
+
+    server = await start(ends_on_cue)
+    pool.ends = pacer = CountingPacer(per_turn=2)
+    responses = await asyncio.gather(*(pool.request("GET", server.url, {}) for _ in range(count)))
+    sinks = [Sink() for _ in responses]
+    pumps = [asyncio.create_task(r.pump(s)) for r, s in zip(responses, sinks, strict=True)]
+    await until(lambda: all(s.pieces for s in sinks), PROMPTLY_S, "every first chunk")
+    go.set()
+    assert await asyncio.wait_for(asyncio.gather(*pumps), PROMPTLY_S) == [True] * count
+    assert [s.received for s in sinks] == [b"firstlast"] * count
+    assert pacer.ends == count and pacer.waiting == 0
+    assert await body_of(pool, server.url) == b"firstlast" and server.accepted == count  # all kept alive
 
 
 @pytest.mark.parametrize("chunks", [False, True], ids=["content-length", "chunked"])

@@ -11,7 +11,8 @@ Every byte from an upstream is hostile until proven small: the header section an
 body is buffered only up to a high-water mark before the socket stops being read, compressed bodies are
 inflated a bounded piece at a time as they are consumed, and nothing is ever redirected (a 3xx is just a
 status). `Pool` (pool.py) owns the connections, `Connection` (connection.py) one socket and its parser,
-`Response` (response.py) one answer's body. The failures, all raised as the client's own:
+`Response` (response.py) one answer's body, `EndPacer` (pacer.py) the wake-ups of relayed bodies that
+end. The failures, all raised as the client's own:
 
     HTTPError            the connection or the protocol failed
     ├── ConnectFailed    no connection: refused, unresolvable, TLS, connect timeout, pool closed

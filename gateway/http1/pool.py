@@ -17,6 +17,7 @@ from yarl import URL
 
 from gateway.http1.connection import Connection
 from gateway.http1.errors import ConnectFailed, Disconnected, ProtocolError, Stale
+from gateway.http1.pacer import EndPacer
 from gateway.http1.response import Response
 
 _OWN = frozenset({"content-length", "transfer-encoding", "host"})  # request headers only the client writes
@@ -66,6 +67,7 @@ class Pool:
         self.max_idle_per_origin = max_idle_per_origin
         self.trim_after_s = trim_after_s
         self._trimming: asyncio.Handle | None = None
+        self.ends = EndPacer()  # the readers of relayed bodies that ended, woken a slice per loop turn
         self.user_agent = user_agent
         self._ssl = ssl_context
         # Per origin, oldest first: an ordered dict, so that a connection lost while idle (or not: one the

@@ -102,7 +102,8 @@ class Response:
 
         True once the whole body went to `sink`. False when `sink` returned True (its reader is slow): the
         socket is paused until the next `pump`. Raises what `readany` raises, and whatever `sink` raised,
-        after which nothing more is handed to it.
+        after which nothing more is handed to it. At the body's end the reader wakes through the pool's
+        `EndPacer`: with thousands ending at once, a slice of them per turn of the loop.
         """
         if self._encoded:  # inflated a bounded piece per read, as `readany` does
             while data := await self.readany():
@@ -168,12 +169,16 @@ class Response:
         self._wake()
 
     def _end(self, exc: BaseException | None = None) -> None:
-        self._conn = None
+        conn, self._conn = self._conn, None
         if exc is None:
             self.complete = True
         elif self._exc is None:
             self._exc = exc
-        self._wake()
+        waiter = self._waiter
+        if self._sink is not None and waiter is not None and not waiter.done() and conn is not None:
+            conn.pool.ends.wake(waiter)  # a relayed body's reader: woken with the others that end now
+        else:
+            self._wake()
 
     def _give(self, sink: Sink, data: bytes) -> bool:
         """`sink(data)`, from `pump`; what the sink raises fails the body, as it does from `_feed`."""

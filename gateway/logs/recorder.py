@@ -5,7 +5,10 @@ record queued in that turn, in one write to stdout and one to the spool (at once
 loop runs): nothing about a record happens between a client's request and the upstream request. Whoever
 must know its records are on disk awaits `written()`: the proxy does, before a whole answer leaves, so a
 `kill -9` loses no non-stream call a client saw complete; a stream's response record is written at the turn
-after its last byte, microseconds later. A batch of request records alone, which nobody waits for, is built
+after its handler ends, microseconds after its last byte, unless thousands of streams end at once on a busy
+core: their handlers then wake a slice per turn, after the streams still going (`gateway.http1.pacer`), and
+their records follow (in the benchmark's 8,000 streams ending within 400 ms, about 0.3 s after `[DONE]` at
+the median, under 0.8 s at most). A batch of request records alone, which nobody waits for, is built
 then but kept for the next write (another call's answer), at most `HOLD_S` later: under load that halves the
 writes, each of which costs more than a record. It never waits on S3 and never fails because of logging. A
 field that cannot be built or written as JSON is mended or dropped and named in the record's
