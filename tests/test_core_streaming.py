@@ -211,6 +211,29 @@ async def test_the_clients_body_ends_with_done_while_the_upstream_has_not_ended_
     assert first.latency_ms < 150
 
 
+async def test_streams_whose_upstreams_end_together_all_finish_timed_at_their_last_byte(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    gateway.gw.upstream.pool.ends.per_turn = 2  # ends that come together: most wake in the turns after
+    count = 40
+    # A chunk, [DONE] 0.3 s later, and the upstream's body end 0.3 s after that: 40 of them at once.
+    fake = {"raw_events": [CHUNK, DONE_EVENT, ""], "chunk_delay": 0.3}
+    body = {**STREAM, "stream_options": {"include_usage": True}, "fake": fake}
+
+    async def one() -> bytes:
+        async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=AUTH) as response:
+            return await asyncio.wait_for(response.read(), STEP_S)
+
+    received = await asyncio.gather(*(one() for _ in range(count)))
+    assert received == [(CHUNK + DONE_EVENT).encode()] * count
+    await until(lambda: len(gateway.recorder.responses()) == count, what="every call recorded")
+    calls = gateway.recorder.responses()
+    assert gateway.gw.in_flight == 0 and gateway.gw.upstream.pool.ends.waiting == 0
+    assert all(c.error is None and c.status == 200 and c.answer.text == "hi" for c in calls)
+    # Timed to the client's [DONE], not to the upstream's end 0.3 s later.
+    assert all(250 < c.latency_ms < 550 for c in calls), sorted(c.latency_ms for c in calls)
+
+
 async def test_an_upstream_failing_after_done_leaves_the_clients_answer_whole_and_is_recorded(
     gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
