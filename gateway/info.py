@@ -44,6 +44,7 @@ async def health(request: web.Request) -> web.Response:
     details = {
         "default_provider": gw.config.default_provider,
         "in_flight": gw.in_flight,
+        "stream_ends_waiting": gw.upstream.pool.ends.waiting,  # a burst of ends, paced (gateway.http1.pacer)
         "pid": os.getpid(),  # with --workers N, which worker answered
         "logging": logging,
         "limits": limits,
@@ -69,7 +70,7 @@ async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     if gw.config.server.metrics_require_key:
         gw.keys.authenticate(request.headers.get("Authorization"))
-    gw.metrics.in_flight.set(gw.in_flight)
+    gw.publish_load()
     return web.Response(body=gw.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

@@ -186,6 +186,12 @@ class Metrics:
         self.in_flight = Gauge(
             "gateway_in_flight_requests", "Calls being handled now", registry=r, multiprocess_mode="livesum"
         )
+        self.stream_ends_waiting = Gauge(
+            "gateway_stream_ends_waiting",
+            "Streams whose upstream answer ended, their handlers waiting for a turn (a burst of ends)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.log_records = Counter("gateway_log_records", "Log records built and written", registry=r)
         self.log_record_failures = Counter(
             "gateway_log_record_failures", "Records that could not be built", registry=r

@@ -203,11 +203,11 @@ def _work(app_factory: AppFactory, host: str, port: int, group: WorkerGroup, slo
 
 
 async def _publish_in_flight(gw: Gateway, app: web.Application) -> AsyncIterator[None]:
-    """Keep this worker's in-flight gauge current in the group's files: a scrape may reach a sibling."""
+    """Keep this worker's load gauges current in the group's files: a scrape may reach a sibling."""
 
     async def publish() -> None:
         while True:
-            gw.metrics.in_flight.set(gw.in_flight)
+            gw.publish_load()
             await asyncio.sleep(IN_FLIGHT_EVERY_S)
 
     task = asyncio.create_task(publish())

@@ -107,6 +107,11 @@ class Gateway:
             except Exception:  # a bug: said, and the other calls of the turn are still accounted for
                 log.exception("could not account for call %s", call.request_id)
 
+    def publish_load(self) -> None:
+        """Set the gauges of what this process is handling now: calls in flight, stream ends waiting."""
+        self.metrics.in_flight.set(self.in_flight)
+        self.metrics.stream_ends_waiting.set(self.upstream.pool.ends.waiting)
+
     def recorded(self) -> asyncio.Future[None] | None:
         """A future done (at most a loop turn later) once every record queued so far is written; None when
         there is nothing to wait for.

@@ -234,6 +234,28 @@ async def test_streams_whose_upstreams_end_together_all_finish_timed_at_their_la
     assert all(250 < c.latency_ms < 550 for c in calls), sorted(c.latency_ms for c in calls)
 
 
+async def test_stream_ends_waiting_for_their_turn_show_in_health_and_metrics(
+    gateway: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    pacer, loop = gateway.gw.upstream.pool.ends, asyncio.get_running_loop()
+    waiters = [loop.create_future() for _ in range(3)]
+    pacer.per_turn = 0  # nothing wakes: the three ends wait while the gateway is asked about them
+    for waiter in waiters:
+        pacer.wake(waiter)
+    try:
+        async with http.get(gateway.url + "/health", headers=AUTH) as response:
+            health = await response.json()
+        async with http.get(gateway.url + "/metrics") as response:
+            scrape = await response.text()
+    finally:
+        pacer.per_turn = 32
+    assert health["stream_ends_waiting"] == 3
+    assert "gateway_stream_ends_waiting 3.0" in scrape
+    await asyncio.wait_for(asyncio.gather(*waiters), STEP_S)
+    async with http.get(gateway.url + "/metrics") as response:
+        assert "gateway_stream_ends_waiting 0.0" in await response.text()
+
+
 async def test_an_upstream_failing_after_done_leaves_the_clients_answer_whole_and_is_recorded(
     gateway: RunningGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:
