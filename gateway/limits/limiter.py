@@ -6,7 +6,8 @@ its counter: one request, the tokens it may use (its prompt's bytes over `prompt
 price. The store admits them all or none. When the call is over, its settlement replaces each reservation by
 what was really used (the usage the upstream reported; for a call cut short without usage, the prompt and
 the text that came; for an upstream error, nothing). So the sum admitted can pass a limit only by what calls
-in flight used beyond their reservation.
+not yet settled used beyond their reservation: calls in flight, and with a shared store those whose
+settlement is on its way (it is sent once the answer has left, so the client's next call may come first).
 """
 
 from __future__ import annotations
