@@ -320,7 +320,8 @@ async def test_a_hung_store_never_hangs_a_call_and_the_policy_decides(
 # ---------------------------------------------------------------------------------------------- processes
 CONCURRENCY = 24  # calls in flight at once, at most, spread over every gateway process
 # Calls admitted and not yet settled, at most. A call's settlement reaches the store after its answer has
-# left, so its client's next call, sent to another process, may be admitted first: two per client.
+# left, so its client's next call, sent to another process, may be admitted first: two per client, while
+# a settlement takes less than a call (a process stalled longer could leave more behind).
 UNSETTLED = 2 * CONCURRENCY
 WORDS = " ".join(["word"] * 12)  # the fake's answer: 12 completion tokens; "Say hello" is 2 prompt tokens
 USED = 14
