@@ -140,3 +140,4 @@ def keep_label(kind: type) -> Any:
 
 
 _LABEL_BYTES = keep_label(bytes)
+LABEL_TEXT = keep_label(str)  # `KEY_LIKE.sub`'s replacement in text, made once

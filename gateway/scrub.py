@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import AnyStr, Generic
 
-from gateway.keylike import KEY_LIKE, REDACTED, TRIGGERS_TEXT, keep_label, keys_replaced, may_hold_key
+from gateway.keylike import KEY_LIKE, LABEL_TEXT, REDACTED, TRIGGERS_TEXT, keys_replaced, may_hold_key
 
 # A known secret reaches a body or a record in many spellings: as itself, URL-encoded, JSON-escaped once,
 # or twice (an upstream error body kept as a string field of a record). Each secret gets one regex taking
@@ -225,7 +225,7 @@ class Scrubber:
         # position: several times dearer than a look for the triggers (each upstream header passed costs one).
         if value.isascii() and TRIGGERS_TEXT.search(value.lower()) is None:
             return value
-        return KEY_LIKE.sub(keep_label(str), value)
+        return KEY_LIKE.sub(LABEL_TEXT, value)
 
     def line(self, value: bytes) -> bytes:
         """A serialized record with secrets and key-like strings replaced (one pass over the whole line)."""
