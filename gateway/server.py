@@ -194,7 +194,7 @@ def _work(app_factory: AppFactory, host: str, port: int, group: WorkerGroup, slo
         member = group.join(slot)  # before the app exists: its metrics are made in the group's files
         app = app_factory()
         app[GATEWAY].metrics.share(member)
-        app.cleanup_ctx.append(partial(_publish_in_flight, app[GATEWAY]))
+        app.cleanup_ctx.append(partial(_publish_load, app[GATEWAY]))
         _run_loop(serve_app(app, host, port, reuse_port=True))
     except BaseException:
         log.exception("worker %d failed", slot)
@@ -202,7 +202,7 @@ def _work(app_factory: AppFactory, host: str, port: int, group: WorkerGroup, slo
     os._exit(code)
 
 
-async def _publish_in_flight(gw: Gateway, app: web.Application) -> AsyncIterator[None]:
+async def _publish_load(gw: Gateway, app: web.Application) -> AsyncIterator[None]:
     """Keep this worker's load gauges current in the group's files: a scrape may reach a sibling."""
 
     async def publish() -> None:
