@@ -91,6 +91,7 @@ class ServerSettings:
     body_timeout_s: float = 60.0  # and its body within this once the headers are in
     refused_body_bytes: int = 16 * 1024  # what is read of a refused (keyless) call's body, at most
     metrics_require_key: bool = False  # GET /metrics answers only callers with a proxy key
+    max_connections: int = 0  # client connections per process; 0: from the open-files limit (`connections`)
 
 
 @dataclass(frozen=True)

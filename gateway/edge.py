@@ -4,11 +4,13 @@ aiohttp's HTTP parser rejects malformed requests before any middleware runs; by 
 text quoting the offending bytes, and logs a traceback holding them too. `EdgeHandler` answers in OpenAI's
 error shape with a fixed message instead, and logs such requests at debug level only: a public endpoint
 receives them all the time. A body in a Content-Encoding aiohttp passes through undecoded is refused here
-too, before the app could take it for plain bytes. `EdgeRunner` serves an app through all of this.
+too, before the app could take it for plain bytes. `EdgeRunner` serves an app through all of this, holding at
+most as many client connections as `Connections` allows.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ import orjson
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, LineTooLong
 
+from gateway.connections import Connections
 from gateway.errors import error_body
 from gateway.ids import request_id
 
@@ -118,41 +121,60 @@ def decodable(request: web.BaseRequest) -> bool:
     return len(values) == 1 and values[0].lower() in DECODED_CODINGS
 
 
-def refuse_undecodable(handler: RequestHandlerFn) -> RequestHandlerFn:
-    """Wrap `handler` so that a body aiohttp passed through still encoded never reaches the app."""
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if request.body_exists and not decodable(request):
-            return UNSUPPORTED_ENCODING.response()
-        return await handler(request)
-
-    return handle
-
-
 async def stamp_server(request: web.Request, response: web.StreamResponse) -> None:
     """Name the server without versions (aiohttp only fills `Server` in when it is unset)."""
     response.headers[hdrs.SERVER] = SERVER_NAME
 
 
 class EdgeServer(web.Server):
-    """aiohttp's low-level server, with `EdgeHandler` for each connection."""
+    """aiohttp's low-level server, with `EdgeHandler` for each connection and `clients` counting them.
+
+    A body aiohttp passed through still encoded is refused here, before the app could take it for plain bytes.
+    """
+
+    def __init__(self, handler: RequestHandlerFn, *, connections: Connections, **kwargs: Any) -> None:
+        super().__init__(self._serve, **kwargs)
+        self._app_handler = handler
+        self.clients = connections
 
     def __call__(self) -> EdgeHandler:
         return EdgeHandler(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.clients.opened(handler)
+
+    def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.clients.lost(handler)
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The app's answer; its connection is busy until the handler returns it (`Connections` waits for
+        it to leave the write buffer too)."""
+        protocol = request.protocol
+        self.clients.busy(protocol)
+        try:
+            if request.body_exists and not decodable(request):
+                return UNSUPPORTED_ENCODING.response()
+            return await self._app_handler(request)
+        finally:
+            self.clients.idle(protocol)
 
 
 class EdgeRunner(web.AppRunner):
     """An AppRunner serving through `EdgeServer`; no answer, the app's or the edge's, names versions."""
 
-    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, connections: Connections, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
+        self.connections = connections
         app.on_response_prepare.append(stamp_server)
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         # The Application builds a plain Server (and starts the app); rebuild it as ours, same settings.
         return EdgeServer(
-            refuse_undecodable(plain.request_handler),
+            plain.request_handler,
+            connections=self.connections,
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             **plain._kwargs,

@@ -45,6 +45,11 @@ async def health(request: web.Request) -> web.Response:
         "default_provider": gw.config.default_provider,
         "in_flight": gw.in_flight,
         "stream_ends_waiting": gw.upstream.pool.ends.waiting,  # a burst of ends, paced (gateway.http1.pacer)
+        "connections": {  # this worker's
+            "open": gw.connections.open,
+            "limit": gw.connections.limit,
+            "closed_idle": gw.connections.closed_idle,
+        },
         "pid": os.getpid(),  # with --workers N, which worker answered
         "logging": logging,
         "limits": limits,

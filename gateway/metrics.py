@@ -192,6 +192,17 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.client_connections = Gauge(
+            "gateway_client_connections",
+            "Client connections open now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.connections_closed_idle = Counter(
+            "gateway_client_connections_closed_idle",
+            "Idle client connections closed to take in a new one, past server.max_connections",
+            registry=r,
+        )
         self.log_records = Counter("gateway_log_records", "Log records built and written", registry=r)
         self.log_record_failures = Counter(
             "gateway_log_record_failures", "Records that could not be built", registry=r

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from gateway.config import ServerSettings
+from gateway.connections import Connections, default_limit
 from gateway.edge import EdgeRunner
 from gateway.metrics import WorkerGroup, keep_values_in_the_loop
 from gateway.state import GATEWAY, Gateway
@@ -58,8 +59,11 @@ def make_runner(app: web.Application, *, shutdown_timeout: float | None = None) 
     """
     gw = app.get(GATEWAY)
     settings = gw.config.server if gw is not None else ServerSettings()
+    connections = gw.connections if gw is not None else Connections()
+    connections.limit = settings.max_connections or default_limit()
     return EdgeRunner(
         app,
+        connections=connections,
         # Without it a handler never learns that its client went away.
         handler_cancellation=True,
         access_log=None,
@@ -77,9 +81,9 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
     """Serve until SIGTERM or SIGINT, then drain: in-flight calls finish (up to the drain timeout)."""
     gw = app[GATEWAY]
     drain_s = gw.config.server.drain_timeout_s
+    _raise_open_files_limit()  # first: the connections allowed by default follow from it
     runner = make_runner(app)
     await runner.setup()
-    _raise_open_files_limit()
     settle_gc()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=2048, shutdown_timeout=drain_s)
     await site.start()

@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.auth import KeyRing
 from gateway.calls import Call
 from gateway.config import Config
+from gateway.connections import Connections
 from gateway.limits.limiter import Limiter
 from gateway.metrics import Metrics
 from gateway.routing import Router
@@ -64,9 +65,13 @@ class Gateway:
     upstream: Upstream = field(init=False)
     recorder: Recorder = field(default_factory=NullRecorder)
     limits: Limiter = field(default_factory=Limiter)  # the configured one is set by its cleanup context
+    connections: Connections = field(init=False)  # the client connections, counted by the server's runner
     in_flight: int = 0
     draining: bool = False
     _ended: list[Call] = field(default_factory=list)  # calls over, their metrics and settlements not yet made
+
+    def __post_init__(self) -> None:
+        self.connections = Connections(on_close=self.metrics.connections_closed_idle.inc)
 
     def log_request(self, call: Call) -> None:
         """Write the call's request record, once."""
@@ -108,8 +113,10 @@ class Gateway:
                 log.exception("could not account for call %s", call.request_id)
 
     def publish_load(self) -> None:
-        """Set the gauges of what this process is handling now: calls in flight, stream ends waiting."""
+        """Set the gauges of what this process is handling now: calls in flight, stream ends waiting, client
+        connections."""
         self.metrics.in_flight.set(self.in_flight)
+        self.metrics.client_connections.set(self.connections.open)
         self.metrics.stream_ends_waiting.set(self.upstream.pool.ends.waiting)
 
     def recorded(self) -> asyncio.Future[None] | None:

@@ -11,6 +11,9 @@ gateway pinned to its own core when taskset and 2 cores exist, as `scripts/bench
   hostile   the same while hostile upstream streams run: gzip (1 MB on the wire, no blank line), plain
             (the same bytes uncompressed), endless (chunks every 10 ms), drip (1 byte per 0.5 s):
             ordinary p99, whether /livez answered every probe, gateway peak RSS during and RSS after
+  silent    the same while one client (from 127.0.0.2) holds twice the gateway's connection limit
+            (server.max_connections) in connections that send nothing, each opened again a second after
+            the gateway closed it (--silent-reopen-s 0: at once, a connection flood)
 
 Every phase is bounded in calls and seconds. Usage: python scripts/attack.py [--json] [--uploads N] ...
 """
@@ -37,7 +40,9 @@ import attack_load as load
 from attack_report import render
 from bench import ROOT, Server, child_env, free_port, loadavg, no_nan, percentile, run_loop
 
-SCENARIOS = ("gzip", "plain", "endless", "drip")
+SCENARIOS = ("gzip", "plain", "endless", "drip", "silent")
+MAX_CONNECTIONS = 2000  # the gateway's client connections; the silent scenario holds twice as many
+SILENT_SOURCE = "127.0.0.2"
 SETTLE_S = 2.0  # after a phase, before RSS is read again
 RECOVERY_MAX_S = 30.0  # how long a scenario's end waits for /livez to answer promptly again
 
@@ -62,6 +67,7 @@ def gateway_config(upstream_port: int, spool: Path) -> dict[str, Any]:
             "retries": 0,
         },
         "logging": {"capture": "summary", "spool_dir": str(spool), "stdout": False},
+        "server": {"max_connections": MAX_CONNECTIONS},
     }
 
 
@@ -164,10 +170,17 @@ async def scenario(attack: Attack, gateway: Server, name: str | None) -> dict[st
         aiohttp.ClientSession(timeout=timeout) as hostile,
     ):
         url = attack.url + "/v1/chat/completions"
-        streams = [
-            asyncio.create_task(load.hostile_call(hostile, url, attack.key, f"hostile/{name}", seconds))
-            for _ in range(args.hostile_calls if name else 0)
-        ]
+        if name == "silent":
+            # From another loopback address: another client than the ordinary ones, as in a cluster.
+            flood = load.silent_connections(
+                attack.port, 2 * MAX_CONNECTIONS, until, SILENT_SOURCE, args.silent_reopen_s
+            )
+            streams = [asyncio.create_task(flood)]
+        else:
+            streams = [
+                asyncio.create_task(load.hostile_call(hostile, url, attack.key, f"hostile/{name}", seconds))
+                for _ in range(args.hostile_calls if name else 0)
+            ]
 
         def guard() -> None:
             for task in streams:
@@ -251,6 +264,12 @@ def main() -> int:
     parser.add_argument("--scenarios", nargs="*", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument(
         "--hostile-calls", type=int, default=2, help="hostile streams per scenario (default 2)"
+    )
+    parser.add_argument(
+        "--silent-reopen-s",
+        type=float,
+        default=1.0,
+        help="silent scenario: seconds before a closed connection is opened again (0: a connection flood)",
     )
     parser.add_argument("--phase-max-s", type=float, default=300.0, help="time limit of the upload phase")
     parser.add_argument("--guard-mb", type=float, default=4096.0, help="cut hostile streams past this RSS")

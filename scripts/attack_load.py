@@ -203,6 +203,42 @@ async def hostile_call(
     return {"outcome": outcome, "status": status, "seconds": seconds, "bytes": received}
 
 
+async def silent_connections(
+    port: int, count: int, until: float, source: str, reopen_s: float
+) -> dict[str, Any]:
+    """`count` connections from `source` that send nothing, each opened again `reopen_s` after the gateway
+    closed it, until `until` (with no pause, a connection flood: as many as one client can open)."""
+    opened = closed = 0
+
+    async def one() -> None:
+        nonlocal opened, closed
+        pause = 0.0  # none before the first time
+        while until - time.monotonic() > pause:
+            await asyncio.sleep(pause)
+            pause = reopen_s
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            opened += 1
+            try:
+                async with asyncio.timeout(max(0.0, until - time.monotonic())):
+                    await reader.read(1)  # b"" once the gateway closes it
+                closed += 1
+            except ConnectionError:
+                closed += 1
+            except TimeoutError:
+                pass
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    again = f"{reopen_s:g} s after it was" if reopen_s else "as soon as it was"
+    outcome = f"{count} silent, each opened again {again} closed: {opened} opened, {closed} closed"
+    return {"outcome": outcome}
+
+
 async def watch_rss(
     rss_mb: Callable[[], float], until: float, guard_mb: float, on_guard: Callable[[], None]
 ) -> tuple[float, bool]:

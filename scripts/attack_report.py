@@ -56,7 +56,8 @@ def scenario_rows(s: dict[str, Any]) -> list[list[str]]:
     ]  # fmt: skip
     for i, h in enumerate(s["hostile"]):
         seconds = f" at {h['seconds']:g} s, {h['bytes']} B to the client" if "seconds" in h else ""
-        out.append([f"{name}: hostile stream {i + 1}", h["outcome"] + seconds, "", ""])
+        what = "hostile client" if name == "silent" else f"hostile stream {i + 1}"
+        out.append([f"{name}: {what}", h["outcome"] + seconds, "", ""])
     if s["guard_tripped"]:
         out.append([f"{name}: RSS guard", "tripped: hostile streams cut by the client", "", ""])
     return out

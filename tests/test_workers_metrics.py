@@ -188,6 +188,8 @@ async def test_live_gauges_sum_over_the_workers_and_drop_with_a_dead_one(
     holders = Counter(pid for pid, r in spooled(spool) if r["type"] == "request")
     scrape = await scrape_until(fresh, gateway.url, "gateway_in_flight_requests", 6)
     assert value(scrape, "gateway_open_streams", provider="fake", model="fake-model") == 6
+    # Published with the calls in flight: the streams' six connections, and this scrape's own (or two).
+    assert 6 <= value(scrape, "gateway_client_connections") <= 8
 
     victim, _ = holders.most_common(1)[0]  # a worker holding streams
     os.kill(victim, signal.SIGKILL)
