@@ -99,17 +99,15 @@ class Connections:
         if not client.open:
             del self._clients[client.key]
 
-    def busy(self, handler: web.RequestHandler) -> None:
-        """A request arrived on it: it is no longer idle."""
+    def busy(self, handler: web.RequestHandler) -> dict[web.RequestHandler, None]:
+        """A request arrived on it: it is no longer idle. Its client's idle connections are returned, for
+        the server to put it back in once the request is handled (the latest to be idle), unless it has
+        closed meanwhile: on every request, one lookup instead of two."""
         client = self._client_of.get(handler)
-        if client is not None:
-            client.idle.pop(handler, None)
-
-    def idle(self, handler: web.RequestHandler) -> None:
-        """Its request was handled: idle again, the latest of its client's to be, unless it has closed."""
-        client = self._client_of.get(handler)
-        if client is not None:
-            client.idle[handler] = None
+        if client is None:
+            return {}
+        client.idle.pop(handler, None)
+        return client.idle
 
     def _move(self, client: _Client, by: int) -> None:
         """Count one connection more (or less) for `client`, keeping it in its place among the others."""

@@ -152,13 +152,14 @@ class EdgeServer(web.Server):
         """The app's answer; its connection is busy until the handler returns it (`Connections` waits for
         it to leave the write buffer too)."""
         protocol = request.protocol
-        self.clients.busy(protocol)
+        idle = self.clients.busy(protocol)
         try:
             if request.body_exists and not decodable(request):
                 return UNSUPPORTED_ENCODING.response()
             return await self._app_handler(request)
         finally:
-            self.clients.idle(protocol)
+            if protocol.transport is not None:  # idle again, unless it was lost meanwhile
+                idle[protocol] = None
 
 
 class EdgeRunner(web.AppRunner):
