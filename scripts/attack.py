@@ -7,13 +7,14 @@ gateway pinned to its own core when taskset and 2 cores exist, as `scripts/bench
             or hangs up: gateway RSS growth and peak, /metrics size, spool bytes per refused call
   models    200 made-up model names, each from a keyless and a keyed caller, then one real call:
             /metrics size, and whether the real model still has its own label
-  baseline  ordinary calls (non-streaming, 2 clients) and /livez probes every 100 ms, nothing hostile
+  baseline  ordinary calls (non-streaming, 2 clients) and /livez probes every 100 ms (each on a new
+            connection, as a kubelet's), nothing hostile
   hostile   the same while hostile upstream streams run: gzip (1 MB on the wire, no blank line), plain
             (the same bytes uncompressed), endless (chunks every 10 ms), drip (1 byte per 0.5 s):
             ordinary p99, whether /livez answered every probe, gateway peak RSS during and RSS after
   silent    the same while one client (from 127.0.0.2) holds twice the gateway's connection limit
-            (server.max_connections) in connections that send nothing, each opened again a second after
-            the gateway closed it (--silent-reopen-s 0: at once, a connection flood)
+            (server.max_connections, 2000 here) in connections that send nothing, each opened again a
+            second after the gateway closed it (--silent-reopen-s 0: at once, a connection flood)
 
 Every phase is bounded in calls and seconds. Usage: python scripts/attack.py [--json] [--uploads N] ...
 """
@@ -41,15 +42,15 @@ from attack_report import render
 from bench import ROOT, Server, child_env, free_port, loadavg, no_nan, percentile, run_loop
 
 SCENARIOS = ("gzip", "plain", "endless", "drip", "silent")
-MAX_CONNECTIONS = 2000  # the gateway's client connections; the silent scenario holds twice as many
 SILENT_SOURCE = "127.0.0.2"
 SETTLE_S = 2.0  # after a phase, before RSS is read again
 RECOVERY_MAX_S = 30.0  # how long a scenario's end waits for /livez to answer promptly again
 
 
-def gateway_config(upstream_port: int, spool: Path) -> dict[str, Any]:
-    """Small upstream limits, so that every hostile stream is over within seconds on a fixed gateway."""
-    return {
+def gateway_config(upstream_port: int, spool: Path, max_connections: int) -> dict[str, Any]:
+    """Small upstream limits, so that every hostile stream is over within seconds on a fixed gateway; the
+    client connections' limit given (0: the gateway's own default, and no setting written)."""
+    config = {
         "default_provider": None,
         "providers": {
             "attack": {
@@ -67,8 +68,10 @@ def gateway_config(upstream_port: int, spool: Path) -> dict[str, Any]:
             "retries": 0,
         },
         "logging": {"capture": "summary", "spool_dir": str(spool), "stdout": False},
-        "server": {"max_connections": MAX_CONNECTIONS},
     }
+    if max_connections:
+        config["server"] = {"max_connections": max_connections}
+    return config
 
 
 def spool_bytes(spool: Path) -> int:
@@ -86,7 +89,7 @@ class Attack:
         self.spool = workdir / "spool"
         self.spool.mkdir()
         self.upstream_port, self.port = free_port(), 0
-        self.config = gateway_config(self.upstream_port, self.spool)
+        self.config = gateway_config(self.upstream_port, self.spool, args.max_connections)
         self.servers: list[Server] = []
         self.url = ""
 
@@ -106,6 +109,8 @@ class Attack:
         config_path.write_text(json.dumps(self.config, indent=2))
         cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        if files := self.args.gateway_files:  # its open-files limit, soft and hard
+            cmd = ["prlimit", f"--nofile={files}:{files}", *cmd]
         env = child_env(self.key, self.spool)
         gateway = Server(f"gateway-{len(self.servers)}", cmd, self.args.gateway_cpu, env, self.workdir)
         self.servers.append(gateway)
@@ -166,14 +171,15 @@ async def scenario(attack: Attack, gateway: Server, name: str | None) -> dict[st
     timeout = aiohttp.ClientTimeout(total=None)
     async with (
         aiohttp.ClientSession(timeout=timeout) as ordinary,
-        aiohttp.ClientSession(timeout=timeout) as probes,
+        # A kubelet opens a new connection for every probe: so do these.
+        aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True)) as probes,
         aiohttp.ClientSession(timeout=timeout) as hostile,
     ):
         url = attack.url + "/v1/chat/completions"
         if name == "silent":
             # From another loopback address: another client than the ordinary ones, as in a cluster.
             flood = load.silent_connections(
-                attack.port, 2 * MAX_CONNECTIONS, until, SILENT_SOURCE, args.silent_reopen_s
+                attack.port, args.silent_connections, until, SILENT_SOURCE, args.silent_reopen_s
             )
             streams = [asyncio.create_task(flood)]
         else:
@@ -266,6 +272,20 @@ def main() -> int:
         "--hostile-calls", type=int, default=2, help="hostile streams per scenario (default 2)"
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=2000,
+        help="the gateway's server.max_connections (default 2000; 0: its own, from the open-files limit)",
+    )
+    parser.add_argument(
+        "--gateway-files", type=int, help="the gateway's open-files limit (default: this process's)"
+    )
+    parser.add_argument(
+        "--silent-connections",
+        type=int,
+        help="silent scenario: connections held (default: twice --max-connections)",
+    )
+    parser.add_argument(
         "--silent-reopen-s",
         type=float,
         default=1.0,
@@ -276,6 +296,10 @@ def main() -> int:
     parser.add_argument("--gateway-cpu", default="1", help="taskset CPU list for the gateway ('' for none)")
     parser.add_argument("--harness-cpu", default="0", help="CPU list for the upstream and the clients")
     args = parser.parse_args()
+    if args.silent_connections is None:
+        if not args.max_connections:
+            parser.error("--max-connections 0 needs --silent-connections")
+        args.silent_connections = 2 * args.max_connections
     pinning = shutil.which("taskset") and (os.cpu_count() or 1) >= 2
     args.gateway_cpu = args.gateway_cpu if pinning and args.gateway_cpu else None
     args.harness_cpu = args.harness_cpu if pinning and args.harness_cpu else None
