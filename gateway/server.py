@@ -29,6 +29,10 @@ from gateway.state import GATEWAY, Gateway
 GC_THRESHOLDS = (20_000, 1, 200)
 log = logging.getLogger("gateway")
 AppFactory = Callable[[], web.Application]
+# Connections the kernel keeps waiting to be accepted: as many as it allows (listen(2) caps this at
+# net.core.somaxconn, 4,096 by default). A burst of thousands of connections, a client's flood among them,
+# then waits its turn instead of being dropped, and a probe dropped there would retry only a second later.
+BACKLOG = 65535
 IN_FLIGHT_EVERY_S = 1.0  # how fresh a worker's in-flight count is in a sibling's scrape
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
@@ -85,7 +89,7 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
     runner = make_runner(app)
     await runner.setup()
     settle_gc()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=2048, shutdown_timeout=drain_s)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=BACKLOG, shutdown_timeout=drain_s)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
