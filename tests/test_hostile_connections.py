@@ -1,6 +1,7 @@
-"""A client holding connections open, over real loopback sockets: past `server.max_connections` the
-connection idle the longest is closed to take the new one in, and a connection whose call is under way never
-is. Without the limit, enough silent connections leave a process no descriptor for anyone else's calls.
+"""A client holding connections open, over real loopback sockets: past `server.max_connections` the longest
+idle connection of the client holding the most is closed to take the new one in, and a connection whose call
+is under way never is. Without the limit, enough silent connections leave a process no descriptor for anyone
+else's calls.
 """
 
 from __future__ import annotations
