@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from gateway.cors import Handler
+from gateway.edge import LinesResponse
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge, error_body
 from gateway.ids import request_id
 from gateway.state import RATE_HEADERS, REQUEST_ID
@@ -15,8 +16,8 @@ from gateway.state import RATE_HEADERS, REQUEST_ID
 log = logging.getLogger("gateway")
 
 
-def error_response(error: GatewayError) -> web.Response:
-    response = web.Response(
+def error_response(error: GatewayError) -> LinesResponse:
+    response = LinesResponse(
         status=error.status, body=orjson.dumps(error.body()), content_type="application/json"
     )
     if error.headers:
@@ -51,16 +52,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             "unhandled error in %s %s (request %s)", request.method, request.path, request[REQUEST_ID]
         )
         body = error_body("The gateway failed internally.", "server_error", code="internal_error")
-        response = web.Response(status=500, body=orjson.dumps(body), content_type="application/json")
+        response = LinesResponse(status=500, body=orjson.dumps(body), content_type="application/json")
         return _with_rate_headers(request, response)
 
 
-def _with_rate_headers(request: web.Request, response: web.Response) -> web.Response:
+def _with_rate_headers(request: web.Request, response: LinesResponse) -> LinesResponse:
     """An error after a call was admitted still tells the caller where its limits stand (a refusal's own
     headers say it already)."""
-    rate = request.get(RATE_HEADERS)
-    if rate:
-        response.headers.update(rate)
+    response.head_lines = request.get(RATE_HEADERS, b"")
     return response
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.calls import Call
 from gateway.dialects import check_spoken, dialect_of
+from gateway.edge import LinesResponse
 from gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -38,6 +39,7 @@ from providers.base import Endpoint, InvalidBody, Provider, UpstreamRequest
 # Upstream headers worth handing back: rate limits tell well-behaved clients when to slow down.
 _PASSED_HEADERS = frozenset({"retry-after", "openai-processing-ms"})
 _PASSED_PREFIX = ("x-ratelimit-", "anthropic-ratelimit-")
+_PASSED_BESIDE_LIMITS = ("anthropic-ratelimit-",)  # the gateway's own x-ratelimit-* replace the others
 _REQUIRED: dict[Endpoint, str | None] = {
     Endpoint.CHAT: "messages",
     Endpoint.COMPLETIONS: "prompt",
@@ -118,7 +120,7 @@ async def _proxy(gw: Gateway, request: web.Request, call: Call) -> web.StreamRes
     _check_ready(provider)
     call.tool_repair = _tool_repair(call, provider)
     rate = gw.limits.admit(call, len(raw))  # at once, unless a shared store is to be waited for
-    request[RATE_HEADERS] = rate if isinstance(rate, dict) else await rate
+    request[RATE_HEADERS] = rate if isinstance(rate, bytes) else await rate
     gw.log_request(call)
     provider, upstream, strip_usage = await _send(gw, call, provider, body, raw)
     call.tool_repair = _tool_repair(call, provider)  # a fallback's provider may say otherwise
@@ -334,10 +336,11 @@ async def _relay_body(gw: Gateway, request: web.Request, call: Call, upstream: R
     raw = await gw.upstream.read(upstream, call.provider or "", call.deadline)
     call.first_byte = call.first_byte or time.perf_counter()
     call.status = upstream.status
-    # The provider's own headers, scrubbed: a careless upstream may echo its key in any of them.
-    headers = {str(k): gw.scrubber.text(v) for k, v in upstream.headers.items() if _passed(k.lower())}
-    if rate := request[RATE_HEADERS]:
-        headers.update(rate)  # the gateway's own limits, over any the provider sent
+    # The provider's own headers, scrubbed: a careless upstream may echo its key in any of them. The gateway's
+    # own limits' x-ratelimit-* headers take the place of the provider's.
+    rate = request[RATE_HEADERS]
+    passed = _passed_beside_limits if rate else _passed
+    headers = {str(k): gw.scrubber.text(v) for k, v in upstream.headers.items() if passed(k.lower())}
     if upstream.status >= 400:
         call.upstream_headers = headers or None
         # Scrubbed before and after: normalizing may unescape a secret the provider wrote escaped.
@@ -351,11 +354,17 @@ async def _relay_body(gw: Gateway, request: web.Request, call: Call, upstream: R
         headers["Content-Type"] = upstream.headers.get("Content-Type", "application/json")
         if call.endpoint not in _NO_ANSWER:
             tee(call, call.answer.add_body, raw)
-    return web.Response(body=raw, status=upstream.status, headers=headers)
+    response = LinesResponse(body=raw, status=upstream.status, headers=headers)
+    response.head_lines = rate
+    return response
 
 
 def _passed(name: str) -> bool:
     return name in _PASSED_HEADERS or name.startswith(_PASSED_PREFIX)
+
+
+def _passed_beside_limits(name: str) -> bool:
+    return name in _PASSED_HEADERS or name.startswith(_PASSED_BESIDE_LIMITS)
 
 
 def _error_message(raw: bytes) -> str:

@@ -30,6 +30,7 @@ from aiohttp.http import StreamWriter
 
 from gateway.calls import Call
 from gateway.dialects import dialect_of
+from gateway.edge import LinesStreamResponse
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamTooLarge
 from gateway.http1 import Response
 from gateway.sse import DONE, EventSplitter, EventTooLarge, error_event, event_data
@@ -45,8 +46,8 @@ async def relay_stream(
     gw: Gateway, request: web.Request, call: Call, upstream: Response, strip_usage: bool
 ) -> web.StreamResponse:
     """Forward SSE events as they arrive; a failure after the first byte ends with one error event."""
-    headers = {**SSE_HEADERS, **rate} if (rate := request[RATE_HEADERS]) else SSE_HEADERS
-    response = web.StreamResponse(status=200, headers=headers)
+    response = LinesStreamResponse(status=200, headers=SSE_HEADERS)
+    response.head_lines = request[RATE_HEADERS]
     writer = await response.prepare(request)
     assert isinstance(writer, StreamWriter)  # a response prepared once, on aiohttp's own connection
     writer.send_headers()  # the status goes out now, not with the first event

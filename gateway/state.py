@@ -132,4 +132,4 @@ class Gateway:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 REQUEST_ID = web.RequestKey("request_id", str)
-RATE_HEADERS = web.RequestKey("rate_headers", dict)  # the call's x-ratelimit-* headers, for its answer
+RATE_HEADERS = web.RequestKey("rate_headers", bytes)  # its x-ratelimit-* lines (`LinesResponse`)

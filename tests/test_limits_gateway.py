@@ -99,6 +99,59 @@ async def test_every_answer_carries_the_tightest_windows_headers(
     assert (await used(http, gateway))["default.tokens_per_minute"] == 2 * FAKE_TOTAL
 
 
+RATE_NAMES = sorted(f"x-ratelimit-{part}-{metric}" for metric in ("requests", "tokens")
+                    for part in ("limit", "remaining", "reset"))  # fmt: skip
+
+
+async def _head(reader: asyncio.StreamReader) -> list[str]:
+    """The header lines of the next answer on a raw connection (the status line first)."""
+    return (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")[:-2]
+
+
+def _named(lines: list[str], name: str) -> list[str]:
+    return [v.strip() for n, _, v in (line.partition(":") for line in lines[1:]) if n.lower() == name]
+
+
+async def test_the_limits_lines_reach_the_head_once_and_keep_its_framing(
+    make_gateway: MakeGateway, fake_upstream: FakeUpstream
+) -> None:
+    """The x-ratelimit-* lines are written into the head past aiohttp's serializer (`LinesResponse`): read
+    off the wire, each is there once (the provider's own, in any case, give way), before the blank line,
+    and the answers after them on the same connection are framed whole."""
+    limits = {"default": {"requests_per_minute": 10, "tokens_per_minute": 5000}}  # one meter each: fast
+    gateway = await limited(make_gateway, fake_upstream.url, limits)
+    provider = {"X-RateLimit-Remaining-Requests": "12", "x-ratelimit-limit-tokens": "1", "retry-after": "3"}
+    plain = orjson.dumps({**CHAT, "fake": {"headers": provider}})
+    stream = orjson.dumps({**CHAT, "stream": True})
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for n, body in enumerate([plain, plain, stream, plain]):
+            writer.write(
+                f"POST {URL} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {PROXY_KEY}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            lines = await _head(reader)
+            assert lines[0] == "HTTP/1.1 200 OK"
+            names = sorted(n.lower() for n, _, _ in (line.partition(":") for line in lines[1:]))
+            assert [n for n in names if n.startswith("x-ratelimit-")] == RATE_NAMES
+            assert _named(lines, "x-ratelimit-remaining-requests") == [str(9 - n)]
+            assert _named(lines, "x-ratelimit-limit-tokens") == ["5000"]
+            assert _named(lines, "x-request-id") and all(line.count(": ") >= 1 for line in lines[1:])
+            if body is stream:
+                assert _named(lines, "transfer-encoding") == ["chunked"]
+                answer = await reader.readuntil(b"\r\n0\r\n\r\n")
+                assert b"data: [DONE]" in answer
+            else:
+                assert _named(lines, "retry-after") == ["3"]  # the provider's other headers still pass
+                length = int(_named(lines, "content-length")[0])
+                answer = await reader.readexactly(length)
+                assert orjson.loads(answer)["choices"][0]["message"]["content"]
+    finally:
+        writer.close()
+
+
 async def test_over_the_limit_the_answer_is_openais_429_and_both_records_name_the_limit(
     make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession
 ) -> None:

@@ -6,13 +6,18 @@ from __future__ import annotations
 import calendar
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
+from unittest import mock
 
 import pytest
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.test_utils import make_mocked_request
 
 from gateway.calls import Call
+from gateway.edge import LinesResponse, parse_head_lines
 from gateway.errors import RateLimited
 from gateway.limits.config import parse_limits
 from gateway.limits.limiter import Limiter
+from gateway.limits.plan import head_lines
 from gateway.metrics import Metrics
 from providers.base import Endpoint
 
@@ -32,10 +37,12 @@ def at_once(step: Coroutine[Any, Any, T]) -> T:
     raise AssertionError("it suspended: the in-process store should answer at once")
 
 
-def admitted(answer: dict[str, str] | Awaitable[dict[str, str]]) -> dict[str, str]:
+def admitted(answer: bytes | Awaitable[bytes]) -> dict[str, str]:
     """An admission's headers, which the in-process store gives at once, never as something to await."""
-    assert isinstance(answer, dict), "the in-process store should answer at once"
-    return answer
+    assert isinstance(answer, bytes), "the in-process store should answer at once"
+    pairs = parse_head_lines(answer)
+    assert len(pairs) == len(dict(pairs)), "each header once"
+    return dict(pairs)
 
 
 def limiter() -> Limiter:
@@ -120,3 +127,16 @@ def test_a_settlement_seconds_later_corrects_the_bucket_its_reservation_went_to(
     now[0] += 60  # NOW's bucket has left the minute; only the second call's reservation is counted
     rows = at_once(limits.usage("default"))["limits"]  # type: ignore[assignment]
     assert {row["name"]: row["used"] for row in rows}["default.tokens_per_minute"] == 200
+
+
+async def test_an_aiohttp_keeping_its_head_elsewhere_gets_the_lines_as_headers() -> None:
+    """`LinesResponse` writes its lines into the head aiohttp buffers; a writer without that buffer is
+    handed them as ordinary headers instead, none lost."""
+    writer = mock.Mock(spec=AbstractStreamWriter)  # no `_headers_buf`
+    writer.write_headers, writer.write_eof = mock.AsyncMock(), mock.AsyncMock()
+    lines = headers(2, 1800)
+    response = LinesResponse(body=b"{}")
+    response.head_lines = head_lines(lines)
+    await response.prepare(make_mocked_request("POST", "/v1/chat/completions", writer=writer))
+    (_, sent), _ = writer.write_headers.call_args
+    assert {name: sent[name] for name in lines} == lines

@@ -10,7 +10,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.limits.answers import refusal
 from gateway.limits.config import MICRO, LimitSettings, Meter, parse_limits
 from gateway.limits.memory import MemoryStore
-from gateway.limits.plan import Plan
+from gateway.limits.plan import Plan, head_lines
 from gateway.limits.resp import ReplyError, _parse, bulks, head, pack
 from gateway.limits.store import Counter, Kind, Verdict
 from gateway.limits.usage import usage_tokens
@@ -235,6 +235,30 @@ def test_headers_describe_the_tightest_window_of_requests_and_of_tokens() -> Non
     }
     refused = plan.headers((60, 95, 1000, 1), amounts, admitted=False)
     assert refused["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_the_usual_plans_lines_say_what_its_headers_say() -> None:
+    """`Plan.lines` fills this second's head in for a plan of one meter per metric; the others are rendered
+    from `headers`. Both are the same headers, remainders below zero written as 0."""
+    now = utc(2026, 3, 1, 23, 0, 0)
+    plan = Plan(
+        (
+            meter("tokens_per_minute", "tokens", Window.MINUTE, 10_000),
+            meter("requests_per_day", "requests", Window.DAY, 100),
+            meter("concurrent", "concurrent", None, 4),
+        )
+    )
+    assert plan.single is not None
+    plan.counters_at(now, 3600, lambda window, at: ("2026-03-01", utc(2026, 3, 2)))
+    amounts = plan.pick((1, 500, 0, 1))
+    for used in [(1000, 95, 1), (9800, 99, 3), (0, 0, 0)]:
+        assert plan.lines(used, amounts) == head_lines(plan.headers(used, amounts, admitted=True))
+    assert b"x-ratelimit-remaining-tokens: 0\r\n" in plan.lines((9800, 99, 3), amounts)
+    assert b"x-ratelimit-remaining-requests: 4\r\n" in plan.lines((1000, 95, 1), amounts)
+    # a plan without request or token meters has no lines
+    slots = Plan((meter("concurrent", "concurrent", None, 4),))
+    slots.counters_at(now, 3600, lambda window, at: ("2026-03-01", utc(2026, 3, 2)))
+    assert slots.lines((1,), slots.pick((1, 500, 0, 1))) == b""
 
 
 def test_a_refusal_names_its_limit_and_tells_the_sdk_whether_to_wait() -> None:

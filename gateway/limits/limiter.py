@@ -80,7 +80,6 @@ class Limiter:
         self._settle_now = memory.settle_now if memory else None
         self.metrics = metrics
         self.prices = prices or PriceTable()
-        self._priced = bool(self.prices.models or self.prices.prefixes)
         self.lease_s = lease_s + 60  # a crashed replica's concurrency slots lapse after the longest call
         self.clock = clock
         self.store_errors = 0
@@ -90,13 +89,14 @@ class Limiter:
         self._children: dict[tuple[str, str], Any] = {}
         self._tokens_children: dict[str, Any] = {}  # the tokens metric's child of each key, by the key alone
 
-    def admit(self, call: Call, body_bytes: int) -> dict[str, str] | Awaitable[dict[str, str]]:
-        """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries.
+    def admit(self, call: Call, body_bytes: int) -> bytes | Awaitable[bytes]:
+        """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries, as the lines
+        of an HTTP head (`Plan.lines`).
 
         With the in-process store they come at once. A shared store is waited for: what comes is then an
         awaitable of them, which raises the refusal."""
         if not self.enabled:
-            return {}
+            return b""
         key = call.key_name or OPEN
         if self._model_rules:
             rule = self.model_rule(call.model)
@@ -104,7 +104,7 @@ class Limiter:
         else:
             plan = self._key_plans.get(key) or self.plan(key, None)
         if not plan.meters:
-            return {}
+            return b""
         now = self.clock()
         if plan.second != int(now):
             self._bind(plan, now)
@@ -130,22 +130,23 @@ class Limiter:
         call.ticket = ticket = _ticket(Ticket, (plan, plan.bound, tokens, cost, prompt, False))
         if self._admit_now is None:
             return self._admitted(call, ticket, amounts, now)
-        return self._answer(call, ticket, amounts, self._admit_now(plan.bound, amounts, now))
+        outcome = self._admit_now(plan.bound, amounts, now)
+        if type(outcome) is list:  # admitted (the usual answer, read here): what each counter held before
+            return plan.lines(outcome, amounts)
+        return self._answer(call, ticket, amounts, outcome)
 
-    async def _admitted(
-        self, call: Call, ticket: Ticket, amounts: tuple[int, ...], now: float
-    ) -> dict[str, str]:
+    async def _admitted(self, call: Call, ticket: Ticket, amounts: tuple[int, ...], now: float) -> bytes:
         """`admit`'s answer from a store that is waited for."""
         return self._answer(call, ticket, amounts, await self._admit_in_store(call, ticket, amounts, now))
 
     def _answer(
         self, call: Call, ticket: Ticket, amounts: tuple[int, ...], outcome: list[int] | Verdict | None
-    ) -> dict[str, str]:
+    ) -> bytes:
         """The headers of an admitted call, or the refusal raised."""
         if isinstance(outcome, list):
-            return ticket.plan.headers(outcome, amounts, True)
+            return ticket.plan.lines(outcome, amounts)
         if outcome is None:
-            return {}  # the store failed: let through unaccounted
+            return b""  # the store failed: let through unaccounted
         call.ticket = None
         raise self._refusal(call, ticket, amounts, outcome)
 
@@ -183,7 +184,9 @@ class Limiter:
             return
         usage = call.answer.usage
         prompt, completion, total = usage_tokens(usage) or self._estimated_tokens(call, ticket)
-        priced = self._priced or plan.counts_cost or (isinstance(usage, dict) and "cost" in usage)
+        # The cost counts for the key's metric too, whether or not a limit counts it: unless the model has no
+        # price and the upstream reported none, it is 0.
+        priced = plan.counts_cost or self.prices.lookup(call.model) or (type(usage) is dict and "cost" in usage)
         used_cost = self._cost(call, prompt, completion) if priced else 0
         tokens_delta, cost_delta = total - tokens, used_cost - cost
         # A request is a request: only tokens and cost need correcting, and a slot freeing. The in-process

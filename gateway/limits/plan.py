@@ -2,8 +2,8 @@
 
 A plan is made once per key and model rule. Its counters (keys, buckets, windows), their form bound to the
 store, and the header texts that go with them change at most once a second, so they are worked out once a
-second, not once a call: a call then only brings its amounts, and its headers are that second's copied with
-the remainders filled in.
+second, not once a call: a call then only brings its amounts, and its headers are that second's lines with
+the remainders filled in (`lines`, written into the answer's head as they are: see `gateway.edge.HeadLines`).
 """
 
 from __future__ import annotations
@@ -14,22 +14,14 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from multidict import istr
-
 from gateway.limits.config import Meter, Rule
 from gateway.limits.store import Counter, Kind, resets_in
 from gateway.limits.windows import Window, bucket, reset_text
 
 AMOUNTS = ("requests", "tokens", "cost", "concurrent")  # a call's amounts, in this order
 _KINDS = {Window.MINUTE: Kind.SLIDING, Window.DAY: Kind.CALENDAR, Window.MONTH: Kind.CALENDAR}
-# The names as `istr`, the case-insensitive text aiohttp keeps header names as: a plain `str` name is made one
-# again in every answer that carries it.
 _HEADER_NAMES = {
-    metric: (
-        istr(f"x-ratelimit-limit-{metric}"),
-        istr(f"x-ratelimit-remaining-{metric}"),
-        istr(f"x-ratelimit-reset-{metric}"),
-    )
+    metric: (f"x-ratelimit-limit-{metric}", f"x-ratelimit-remaining-{metric}", f"x-ratelimit-reset-{metric}")
     for metric in ("requests", "tokens")  # the metrics OpenAI's x-ratelimit-* headers describe
 }
 CalendarWindow = Callable[[Window, float], tuple[str, float]]  # the window id, and when it ends
@@ -82,18 +74,18 @@ class Plan:
     counts_tokens: bool = False
     counts_cost: bool = False
     holds_slots: bool = False  # some meter counts calls in flight: every settlement frees a slot
-    second: int = -1  # the second `counters`, `bound` and `template` were worked out for
+    second: int = -1  # the second `counters`, `bound` and `head` were worked out for
     counters: tuple[Counter, ...] = ()
     bound: Any = None  # `counters` as the store bound them (`Store.bind`), set with them by the limiter
     # Per header metric (requests, tokens): its three header names and its meters.
     headed: tuple[tuple[str, str, str, tuple[int, ...]], ...] = ()
-    # The same when each header metric has one meter (the usual plan): its remaining header, the meter and
-    # its limit.
-    single: tuple[tuple[str, int, int], ...] | None = None
+    # The same when each header metric has one meter (the usual plan): the meter and its limit.
+    single: tuple[tuple[int, int], ...] | None = None
     limits: tuple[int, ...] = ()
     texts: tuple[str, ...] = ()  # each limit as a header writes it
     resets: tuple[str, ...] = ()  # each counter's reset as a header writes it, this second
-    template: dict[str, str] = field(default_factory=dict)  # this second's headers, the remainders left out
+    # The usual plan's header lines this second, a `%d` where each remainder goes.
+    head: bytes = b""
     # A call's four AMOUNTS (a settlement's corrections) taken to each meter's: a function, not a method,
     # which would cost as much again.
     pick: Picker = field(default=_picker(()), init=False, repr=False)
@@ -109,7 +101,7 @@ class Plan:
             if (indices := tuple(i for i, m in enumerate(self.meters) if m.metric == metric))
         )
         if all(len(indices) == 1 for *_, indices in self.headed):
-            self.single = tuple((remaining, i, self.meters[i].limit) for _, remaining, _, (i,) in self.headed)
+            self.single = tuple((i, self.meters[i].limit) for *_, (i,) in self.headed)
         self.limits = tuple(m.limit for m in self.meters)
         self.texts = tuple(str(m.limit) for m in self.meters)
 
@@ -119,24 +111,32 @@ class Plan:
         if second != self.second:
             self.counters = tuple(counter_of(m, now, lease_s, calendar) for m in self.meters)
             self.resets = tuple(reset_text(resets_in(c, now)) for c in self.counters)
-            self.template = {}
-            for limit, remaining, reset, (first, *_) in self.headed:
-                self.template |= {limit: self.texts[first], remaining: "0", reset: self.resets[first]}
+            if self.single is not None:  # names and texts of the gateway's own making: no `%` among them
+                self.head = "".join(
+                    f"{limit}: {self.texts[i]}\r\n{remaining}: %d\r\n{reset}: {self.resets[i]}\r\n"
+                    for limit, remaining, reset, (i,) in self.headed
+                ).encode("ascii")
             self.second = second
         return self.counters
+
+    def lines(self, used: Sequence[int], amounts: Sequence[int]) -> bytes:
+        """An admitted call's `headers`, as the lines of an HTTP head."""
+        single = self.single
+        if single is None:
+            return head_lines(self.headers(used, amounts, True))
+        # the usual plan, on every call's path: one meter each, the remainders put into this second's `head`
+        left = []
+        for i, most in single:
+            n = most - used[i] - amounts[i]
+            left.append(n if n > 0 else 0)
+        return self.head % tuple(left)
 
     def headers(self, used: Sequence[int], amounts: Sequence[int], admitted: bool) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` trio for requests and for tokens, each from its tightest window.
 
         `used` is what each counter held before the call; an admitted call's own amounts are taken off too.
         """
-        headers = self.template.copy()  # this second's limits and resets: only the remainders are new
-        single = self.single
-        if admitted and single is not None:  # the usual plan, on the path every call takes: one meter each
-            for remaining, i, most in single:
-                left = most - used[i] - amounts[i]
-                headers[remaining] = str(left) if left > 0 else "0"
-            return headers
+        headers: dict[str, str] = {}
         limits = self.limits
         for limit, remaining, reset, indices in self.headed:
             tightest, least = -1, 0
@@ -144,6 +144,12 @@ class Plan:
                 left = limits[i] - used[i] - (amounts[i] if admitted else 0)
                 if tightest < 0 or left < least:
                     tightest, least = i, left
-            headers[limit], headers[reset] = self.texts[tightest], self.resets[tightest]
+            headers[limit] = self.texts[tightest]
             headers[remaining] = str(least) if least > 0 else "0"
+            headers[reset] = self.resets[tightest]
         return headers
+
+
+def head_lines(headers: dict[str, str]) -> bytes:
+    """`headers` as the lines of an HTTP head (names and values of the gateway's own making)."""
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode("ascii")
