@@ -3,7 +3,8 @@
 A plan is made once per key and model rule. Its counters (keys, buckets, windows), their form bound to the
 store, and the header texts that go with them change at most once a second, so they are worked out once a
 second, not once a call: a call then only brings its amounts, and its headers are that second's lines with
-the remainders filled in (`lines`, written into the answer's head as they are: see `gateway.edge.HeadLines`).
+the remainders filled in (`lines`, written into the answer's head as they are: see
+`gateway.edge.LinesStreamResponse`).
 """
 
 from __future__ import annotations
