@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,9 +31,9 @@ class Recorder(Protocol):
 
     def response(self, call: Call) -> None: ...
 
-    def written(self, now: bool = False) -> asyncio.Future[None] | None:
-        """A future done once every record queued so far is written; None when none is waiting (or, with
-        `now`, once they were written at once)."""
+    def written(self, now: bool = False) -> Awaitable[None] | None:
+        """Something to await until every record queued so far is written; None when none is waiting (or,
+        with `now`, once they were written at once)."""
 
     def health(self) -> dict[str, object]: ...
 
@@ -46,7 +47,7 @@ class NullRecorder:
     def response(self, call: Call) -> None:
         pass
 
-    def written(self, now: bool = False) -> asyncio.Future[None] | None:
+    def written(self, now: bool = False) -> Awaitable[None] | None:
         return None
 
     def health(self) -> dict[str, object]:
@@ -119,13 +120,12 @@ class Gateway:
         self.metrics.client_connections.set(self.connections.open)
         self.metrics.stream_ends_waiting.set(self.upstream.pool.ends.waiting)
 
-    def recorded(self) -> asyncio.Future[None] | None:
-        """A future done (at most a loop turn later) once every record queued so far is written; None when
-        there is nothing to wait for.
+    def recorded(self) -> Awaitable[None] | None:
+        """Something to await (a loop turn) until every record queued so far is written; None when there is
+        nothing to wait for (`LogRecorder.written`).
 
         With no other call in flight, nothing else would join this loop turn's batch: it is written at once,
         and the handler goes on without suspending (what one call at a time would otherwise wait a turn for).
-        A future, not a coroutine: every call that answers whole waits on it, and a coroutine costs one more.
         """
         return self.recorder.written(now=self.in_flight == 0)
 

@@ -64,9 +64,10 @@ async def test_the_calls_of_one_turn_share_one_write_and_their_waiters_see_it(
         recorder.response(call)
         waiters.append(recorder.written())
     assert spooled(tmp_path) == [] and writes == {"spool": 0, "stdout": 0}  # queued, not yet written
-    assert all(w is not None and not w.done() for w in waiters)
-    await asyncio.gather(*waiters)  # type: ignore[arg-type]
-    assert writes == {"spool": 1, "stdout": 1}
+    assert all(w is not None for w in waiters)
+    for waiter in waiters:  # awaited in turn, in this task: the first wait is the one turn the write takes
+        await waiter  # type: ignore[misc]
+        assert writes == {"spool": 1, "stdout": 1}
     assert pairs(spooled(tmp_path)) == both(*(c.request_id for c in calls))
     assert pairs(printed(capfdbinary.readouterr().out)) == both(*(c.request_id for c in calls))
     assert recorder.written() is None and recorder.health()["records_written"] == 6
@@ -152,6 +153,17 @@ async def test_a_full_queue_is_written_at_once(tmp_path: Path) -> None:
     assert len(spooled(tmp_path)) == MAX_PENDING + 1
 
 
+async def test_a_caller_waiting_on_request_records_alone_finds_them_written_not_kept(tmp_path: Path) -> None:
+    """Request records alone are kept for the next write (`HOLD_S`), unless someone waits for them."""
+    recorder = new_recorder(tmp_path)
+    call = a_call()
+    recorder.request(call)
+    waiter = recorder.written()
+    assert waiter is not None
+    await waiter
+    assert pairs(spooled(tmp_path)) == {call.request_id: {"request"}}
+
+
 async def test_a_caller_alone_has_its_batch_written_at_once_and_nothing_to_wait_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,8 +177,8 @@ async def test_a_caller_alone_has_its_batch_written_at_once_and_nothing_to_wait_
     assert recorder.written(now=True) is None  # the one call in flight: written within this turn
     assert writes == {"spool": 1, "stdout": 1}
     assert pairs(spooled(tmp_path)) == {earlier.request_id: {"request"}, **both(call.request_id)}
-    assert waiter is not None and waiter.done()  # one write released every caller of the batch
-    await asyncio.sleep(0)
+    assert waiter is not None
+    await waiter
     assert writes == {"spool": 1, "stdout": 1}  # the turn's own flush finds nothing left to write
 
 

@@ -186,7 +186,8 @@ class Limiter:
         prompt, completion, total = usage_tokens(usage) or self._estimated_tokens(call, ticket)
         # The cost counts for the key's metric too, whether or not a limit counts it: unless the model has no
         # price and the upstream reported none, it is 0.
-        priced = plan.counts_cost or self.prices.lookup(call.model) or (type(usage) is dict and "cost" in usage)
+        reported = type(usage) is dict and "cost" in usage
+        priced = plan.counts_cost or reported or self.prices.lookup(call.model) is not None
         used_cost = self._cost(call, prompt, completion) if priced else 0
         tokens_delta, cost_delta = total - tokens, used_cost - cost
         # A request is a request: only tokens and cost need correcting, and a slot freeing. The in-process

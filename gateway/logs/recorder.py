@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from gateway.calls import Call
@@ -78,7 +78,7 @@ class LogRecorder:
         self._spool_down = False
         self._last_warning = 0.0
         self._pending: list[tuple[Call, str]] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._awaited = False  # someone waits for the batch queued
         self._flush_scheduled = False
         self._held: list[bytes] = []  # built request records, kept for the next write (see `_hold`)
         self._held_count = self._held_bytes = 0
@@ -93,25 +93,23 @@ class LogRecorder:
         """Queue the call's response record; never raises. `written()` says when it is on disk."""
         self._queue(call, "response")
 
-    def written(self, now: bool = False) -> asyncio.Future[None] | None:
-        """A future resolved once the records queued so far are written (or failed to be); None if none are.
+    def written(self, now: bool = False) -> Awaitable[None] | None:
+        """Something to await until the records queued so far are written (or failed to be); None if none are.
 
-        Each caller gets a future of its own, all resolved right after the one write of their batch: a caller
-        cancelled while awaiting its future cancels no other caller's wait. `now` writes the batch at once
+        Queued records are written by a callback the loop was handed (`call_soon`) when the first of them
+        came, and a loop runs its callbacks in the order it was handed them: a task that yields to the loop
+        now resumes after that write. So the wait is one turn of the loop for the caller's own task, without a
+        future to make, resolve and wake it through (that cost 6 % of what recording a call costs). A
+        caller cancelled while waiting leaves every other caller's wait alone. `now` writes the batch at once
         instead (its caller knows nothing else will join it), and there is nothing to wait for.
         """
-        if not self._pending:
+        if not self._pending:  # (nor are there any without a running loop: each was written at once)
             return None
         if now:
             self.flush()
             return None
-        try:
-            waiter = asyncio.get_running_loop().create_future()
-        except RuntimeError:  # no loop to wait in: written now
-            self.flush()
-            return None
-        self._waiters.append(waiter)
-        return waiter
+        self._awaited = True  # request records alone are then not kept for the next write
+        return _NEXT_TURN
 
     def _queue(self, call: Call, kind: str) -> None:
         """Add a record to the queue, written at the next turn of the loop; at once when MAX_PENDING wait or
@@ -132,18 +130,14 @@ class LogRecorder:
         """Build, scrub and write the queued records: one write to stdout, one to the spool; never raises."""
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
-        waiters, self._waiters = self._waiters, []
+        awaited, self._awaited = self._awaited, False
         try:
             if pending:  # request records alone, and nobody waiting: they may ride with the next write
-                self._write_batch(pending, hold=not waiters and all(kind == "request" for _, kind in pending))
-        except Exception as exc:  # a bug past every guard below: said loudly, and no caller is kept waiting
+                self._write_batch(pending, hold=not awaited and all(kind == "request" for _, kind in pending))
+        except Exception as exc:  # a bug past every guard below: said loudly (and no caller waits on it)
             self.failed += len(pending)
             self.metrics.log_record_failures.inc(len(pending))
             log.error("could not write %d queued records: %s", len(pending), describe_error(exc))
-        finally:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
 
     def _write_batch(self, pending: list[tuple[Call, str]], hold: bool = False) -> None:
         """Build, scrub and write `pending`; with `hold`, the batch may be kept for the next write instead
@@ -376,6 +370,18 @@ class LogRecorder:
             "last_upload": iso(self.last_upload) if self.last_upload else None,
             "last_error": self.last_error,
         }
+
+
+class _NextTurn:
+    """Awaited, resumes its task at the loop's next turn: `asyncio.sleep(0)`, without its coroutine."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield  # a bare yield: the task hands itself back to the loop, behind every callback handed it before
+
+
+_NEXT_TURN = _NextTurn()
 
 
 def _write_all(fd: int, data: bytes) -> None:
