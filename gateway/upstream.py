@@ -47,12 +47,11 @@ class Upstream:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             raise UpstreamTimeout("The call reached its deadline before the provider answered.")
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()  # once: on Python 3.11 each lookup is a getpid() system call
+        task = asyncio.current_task(loop)
         assert task is not None  # always: the gateway's coroutines run as tasks
         expiry = _Expiry(task)
-        handle = asyncio.get_running_loop().call_later(
-            min(remaining, self.settings.first_byte_timeout_s), expiry.fire
-        )
+        handle = loop.call_later(min(remaining, self.settings.first_byte_timeout_s), expiry.fire)
         try:
             return await self.pool.request("POST", url, headers, body)
         except asyncio.CancelledError:

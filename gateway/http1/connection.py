@@ -23,6 +23,9 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, pool: Pool, origin: tuple[str, str, int]) -> None:
         self.pool, self.origin = pool, origin
+        # Made on the loop it serves (by `Pool`), it keeps it: on Python 3.11 every `get_running_loop()` is a
+        # getpid() system call, and a request would make one.
+        self._loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.response: Response | None = None
@@ -132,7 +135,7 @@ class Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future[Response]:
         assert self.transport is not None
-        self.ready = asyncio.get_running_loop().create_future()
+        self.ready = self._loop.create_future()
         self._head_bytes = 0
         self.transport.write(data)
         return self.ready
