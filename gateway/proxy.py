@@ -339,8 +339,10 @@ async def _relay_body(gw: Gateway, request: web.Request, call: Call, upstream: R
     # The provider's own headers, scrubbed: a careless upstream may echo its key in any of them. The gateway's
     # own limits' x-ratelimit-* headers take the place of the provider's.
     rate = request[RATE_HEADERS]
-    passed = _passed_beside_limits if rate else _passed
-    headers = {str(k): gw.scrubber.text(v) for k, v in upstream.headers.items() if passed(k.lower())}
+    prefixes = _PASSED_BESIDE_LIMITS if rate else _PASSED_PREFIX
+    headers = {
+        str(k): gw.scrubber.text(v) for k, v in upstream.headers.items() if _passed(k.lower(), prefixes)
+    }
     if upstream.status >= 400:
         call.upstream_headers = headers or None
         # Scrubbed before and after: normalizing may unescape a secret the provider wrote escaped.
@@ -359,12 +361,8 @@ async def _relay_body(gw: Gateway, request: web.Request, call: Call, upstream: R
     return response
 
 
-def _passed(name: str) -> bool:
-    return name in _PASSED_HEADERS or name.startswith(_PASSED_PREFIX)
-
-
-def _passed_beside_limits(name: str) -> bool:
-    return name in _PASSED_HEADERS or name.startswith(_PASSED_BESIDE_LIMITS)
+def _passed(name: str, prefixes: tuple[str, ...]) -> bool:
+    return name in _PASSED_HEADERS or name.startswith(prefixes)
 
 
 def _error_message(raw: bytes) -> str:
