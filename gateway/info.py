@@ -75,7 +75,7 @@ async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     if gw.config.server.metrics_require_key:
         gw.keys.authenticate(request.headers.get("Authorization"))
-    gw.publish_load()
+    gw.publish_metrics()
     return web.Response(body=gw.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

@@ -33,7 +33,7 @@ AppFactory = Callable[[], web.Application]
 # net.core.somaxconn, 4,096 by default). A burst of thousands of connections, a client's flood among them,
 # then waits its turn instead of being dropped, and a probe dropped there would retry only a second later.
 BACKLOG = 65535
-IN_FLIGHT_EVERY_S = 1.0  # how fresh a worker's in-flight count is in a sibling's scrape
+IN_FLIGHT_EVERY_S = 1.0  # how fresh a worker's in-flight count and keys' tokens are in a sibling's scrape
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
@@ -202,7 +202,7 @@ def _work(app_factory: AppFactory, host: str, port: int, group: WorkerGroup, slo
         member = group.join(slot)  # before the app exists: its metrics are made in the group's files
         app = app_factory()
         app[GATEWAY].metrics.share(member)
-        app.cleanup_ctx.append(partial(_publish_load, app[GATEWAY]))
+        app.cleanup_ctx.append(partial(_publish_metrics, app[GATEWAY]))
         _run_loop(serve_app(app, host, port, reuse_port=True))
     except BaseException:
         log.exception("worker %d failed", slot)
@@ -210,12 +210,13 @@ def _work(app_factory: AppFactory, host: str, port: int, group: WorkerGroup, slo
     os._exit(code)
 
 
-async def _publish_load(gw: Gateway, app: web.Application) -> AsyncIterator[None]:
-    """Keep this worker's load gauges current in the group's files: a scrape may reach a sibling."""
+async def _publish_metrics(gw: Gateway, app: web.Application) -> AsyncIterator[None]:
+    """Keep this worker's load gauges and keys' usage current in the group's files: a scrape may reach
+    a sibling."""
 
     async def publish() -> None:
         while True:
-            gw.publish_load()
+            gw.publish_metrics()
             await asyncio.sleep(IN_FLIGHT_EVERY_S)
 
     task = asyncio.create_task(publish())

@@ -113,9 +113,10 @@ class Gateway:
             except Exception:  # a bug: said, and the other calls of the turn are still accounted for
                 log.exception("could not account for call %s", call.request_id)
 
-    def publish_load(self) -> None:
+    def publish_metrics(self) -> None:
         """Set the gauges of what this process is handling now: calls in flight, stream ends waiting, client
-        connections."""
+        connections; and bring the keys' tokens and cost up to date."""
+        self.limits.publish()
         self.metrics.in_flight.set(self.in_flight)
         self.metrics.client_connections.set(self.connections.open)
         self.metrics.stream_ends_waiting.set(self.upstream.pool.ends.waiting)

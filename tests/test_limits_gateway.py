@@ -70,6 +70,7 @@ async def used(
 
 
 def counted(gateway: RunningGateway, name: str, **labels: str) -> float:
+    gateway.gw.publish_metrics()  # as a scrape does first
     value = gateway.gw.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
 

@@ -99,17 +99,27 @@ def test_each_answer_has_headers_of_its_own_and_a_refusal_has_them_too() -> None
     assert error.headers["x-should-retry"] == "true"  # a sliding minute always frees room: worth a retry
 
 
-def test_a_settlement_counts_the_keys_tokens_at_once() -> None:
+def test_settlements_reach_the_keys_metrics_when_published() -> None:
     problems: list[str] = []
     metrics = Metrics()
     limits = Limiter(parse_limits(LIMITS, problems), metrics=metrics, clock=lambda: NOW)
-    for request_id, used in (("a", 100), ("b", 0)):
+
+    def tokens() -> float | None:
+        return metrics.registry.get_sample_value("gateway_key_tokens_total", {"key": "default"})
+
+    for request_id, used in (("a", 100), ("b", 0), ("c", 20)):
         call = chat(request_id)
         admitted(limits.admit(call, 400))
         call.status = 200
         call.answer.usage = {"prompt_tokens": used, "completion_tokens": 0, "total_tokens": used}
-        limits.settle(call)  # no event loop: the metric's step is made in the settlement itself
-    assert metrics.registry.get_sample_value("gateway_key_tokens_total", {"key": "default"}) == 100
+        limits.settle(call)
+        if request_id == "b":
+            assert tokens() in (None, 0)  # added up, not yet a step of the metric
+            limits.publish()
+            assert tokens() == 100
+    limits.publish()
+    limits.publish()  # nothing new: no second step
+    assert tokens() == 120
 
 
 def test_a_settlement_seconds_later_corrects_the_bucket_its_reservation_went_to() -> None:

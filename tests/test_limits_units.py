@@ -255,6 +255,17 @@ def test_the_usual_plans_lines_say_what_its_headers_say() -> None:
         assert plan.lines(used, amounts) == head_lines(plan.headers(used, amounts, admitted=True))
     assert b"x-ratelimit-remaining-tokens: 0\r\n" in plan.lines((9800, 99, 3), amounts)
     assert b"x-ratelimit-remaining-requests: 4\r\n" in plan.lines((1000, 95, 1), amounts)
+    assert plan.pair is not None  # both metrics: the pair's path
+    # one metric only: the same, through the general path
+    requests = Plan(
+        (meter("requests_per_day", "requests", Window.DAY, 100), meter("concurrent", "concurrent", None, 4))
+    )
+    requests.counters_at(now, 3600, lambda window, at: ("2026-03-01", utc(2026, 3, 2)))
+    assert requests.single is not None and requests.pair is None
+    for used in [(95, 1), (100, 3), (0, 0)]:
+        expected = head_lines(requests.headers(used, requests.pick((1, 500, 0, 1)), admitted=True))
+        assert requests.lines(used, requests.pick((1, 500, 0, 1))) == expected
+    assert b"x-ratelimit-remaining-requests: 4\r\n" in requests.lines((95, 1), requests.pick((1, 500, 0, 1)))
     # a plan without request or token meters has no lines
     slots = Plan((meter("concurrent", "concurrent", None, 4),))
     slots.counters_at(now, 3600, lambda window, at: ("2026-03-01", utc(2026, 3, 2)))

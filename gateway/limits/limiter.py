@@ -87,7 +87,6 @@ class Limiter:
         self._key_plans: dict[str, Plan] = {}  # the same, of keys without model rules: no tuple to build
         self._calendar: tuple[float, dict[Window, tuple[str, float]]] = (0.0, {})
         self._children: dict[tuple[str, str], Any] = {}
-        self._tokens_children: dict[str, Any] = {}  # the tokens metric's child of each key, by the key alone
 
     def admit(self, call: Call, body_bytes: int) -> bytes | Awaitable[bytes]:
         """Admit `call` (or raise RateLimited); the `x-ratelimit-*` headers its answer carries, as the lines
@@ -196,16 +195,23 @@ class Limiter:
             self._send(call.request_id, bound, plan.pick((0, tokens_delta, cost_delta, -1)))
         elif plan.holds_slots or (tokens_delta and plan.counts_tokens) or (cost_delta and plan.counts_cost):
             self._settle_now(bound, plan.pick((0, tokens_delta, cost_delta, -1)), self.clock)
-        if self.metrics is not None:  # the key's tokens and cost in /metrics
-            # One step of the metric per call, at once. Gathering a loop turn's settlements into one step
-            # costs a callback per turn, which pays only when several calls end in the same turn: seldom, as
-            # LLM calls end apart.
-            tokens_child = self._tokens_children.get(plan.key)
-            if tokens_child is None:
-                tokens_child = self._tokens_children[plan.key] = self._child("tokens", plan.key)
-            tokens_child.inc(total)
-            if used_cost:
-                self._child("cost", plan.key).inc(used_cost / MICRO)
+        # The key's tokens and cost, for /metrics: added up on the plan, taken into the metric by `publish`
+        # (a metric's step costs several times this addition).
+        plan.tokens_due += total
+        plan.cost_due += used_cost
+
+    def publish(self) -> None:
+        """Take the tokens and cost settled since the last time into the keys' metrics: before a scrape, every
+        second in a worker group, and at shutdown."""
+        if self.metrics is None:
+            return
+        for plan in self._plans.values():
+            if plan.tokens_due:
+                tokens, plan.tokens_due = plan.tokens_due, 0
+                self._child("tokens", plan.key).inc(tokens)
+            if plan.cost_due:
+                cost, plan.cost_due = plan.cost_due, 0
+                self._child("cost", plan.key).inc(cost / MICRO)
 
     def _send(self, call_id: str, bound: Any, deltas: tuple[int, ...]) -> None:
         """Hand the store a settlement: the in-process store applies it now; a shared one is given it once

@@ -82,11 +82,17 @@ class Plan:
     headed: tuple[tuple[str, str, str, tuple[int, ...]], ...] = ()
     # The same when each header metric has one meter (the usual plan): the meter and its limit.
     single: tuple[tuple[int, int], ...] | None = None
+    # The usual plan of all, a meter each for requests and for tokens: (meter, limit) of both, in one tuple.
+    pair: tuple[int, int, int, int] | None = None
     limits: tuple[int, ...] = ()
     texts: tuple[str, ...] = ()  # each limit as a header writes it
     resets: tuple[str, ...] = ()  # each counter's reset as a header writes it, this second
     # The usual plan's header lines this second, a `%d` where each remainder goes.
     head: bytes = b""
+    # What its settlements used since the keys' metrics were last brought up to date (`Limiter.publish`):
+    # tokens, and millionths of a USD.
+    tokens_due: int = 0
+    cost_due: int = 0
     # A call's four AMOUNTS (a settlement's corrections) taken to each meter's: a function, not a method,
     # which would cost as much again.
     pick: Picker = field(default=_picker(()), init=False, repr=False)
@@ -103,6 +109,9 @@ class Plan:
         )
         if all(len(indices) == 1 for *_, indices in self.headed):
             self.single = tuple((i, self.meters[i].limit) for *_, (i,) in self.headed)
+            if len(self.single) == 2:
+                (i, most), (j, most_tokens) = self.single
+                self.pair = (i, most, j, most_tokens)
         self.limits = tuple(m.limit for m in self.meters)
         self.texts = tuple(str(m.limit) for m in self.meters)
 
@@ -122,15 +131,19 @@ class Plan:
 
     def lines(self, used: Sequence[int], amounts: Sequence[int]) -> bytes:
         """An admitted call's `headers`, as the lines of an HTTP head."""
+        if (pair := self.pair) is not None:  # the usual plan, on every call's path: no loop, no list
+            i, most, j, most_tokens = pair
+            left, left_tokens = most - used[i] - amounts[i], most_tokens - used[j] - amounts[j]
+            return self.head % (left if left > 0 else 0, left_tokens if left_tokens > 0 else 0)
         single = self.single
         if single is None:
             return head_lines(self.headers(used, amounts, True))
-        # the usual plan, on every call's path: one meter each, the remainders put into this second's `head`
-        left = []
+        # one meter each, the remainders put into this second's `head`
+        remainders = []
         for i, most in single:
             n = most - used[i] - amounts[i]
-            left.append(n if n > 0 else 0)
-        return self.head % tuple(left)
+            remainders.append(n if n > 0 else 0)
+        return self.head % tuple(remainders)
 
     def headers(self, used: Sequence[int], amounts: Sequence[int], admitted: bool) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` trio for requests and for tokens, each from its tightest window.

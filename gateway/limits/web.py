@@ -38,6 +38,7 @@ def limits_context(env: Mapping[str, str]) -> Callable[[web.Application], AsyncI
         try:
             yield
         finally:
+            limiter.publish()
             await store.close()
 
     return context
