@@ -22,6 +22,7 @@ import yaml
 from aiohttp import web
 from fake_upstream import FakeUpstream
 from gateway_process import UpstreamThread, free_port
+from redis_server import RedisServer
 
 from gateway.app import create_app
 from gateway.auth import KeyRing
@@ -354,3 +355,11 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.Comp
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on loopback for the module's tests (each keeps to a key prefix of its own)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

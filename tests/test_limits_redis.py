@@ -32,13 +32,6 @@ from providers.base import Endpoint
 URL = "/v1/chat/completions"
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
     """A store on the shared server, under a key prefix of its own: no test sees another's counters."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from conftest import FAST_UPSTREAM, PROVIDER_KEY, CliGateway, StartCli, provider
 from fake_upstream import FakeUpstream
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
+from redis_server import RedisServer
 
 from gateway.logs.prompts import PromptLedger
 from gateway.metrics import LoopValue, Metrics, keep_values_in_the_loop
@@ -32,7 +34,7 @@ SLOW_STREAM = {"stream": True, "fake": {"chunks": 24, "chunk_delay": 0.25}}  # s
 DAY = 86400.0
 
 
-async def start_group(start_cli: StartCli, fake_url: str, tmp_path: Path) -> CliGateway:
+async def start_group(start_cli: StartCli, fake_url: str, tmp_path: Path, **sections: Any) -> CliGateway:
     """Two workers in full capture; the run folder the supervisor makes goes under tmp_path/run."""
     (tmp_path / "run").mkdir()
     config = {
@@ -40,6 +42,7 @@ async def start_group(start_cli: StartCli, fake_url: str, tmp_path: Path) -> Cli
         "providers": {"fake": provider_section(fake_url)},
         "upstream": FAST_UPSTREAM,
         "logging": {"capture": "full"},
+        **sections,
     }
     env = {"PROXY_KEY": "k", "FAKE_KEY": PROVIDER_KEY, "TMPDIR": str(tmp_path / "run")}
     return await start_cli(config, args=["--workers", "2"], env=env)
@@ -161,6 +164,43 @@ async def test_metrics_add_up_the_group_across_a_restart_and_a_prompt_is_recorde
     assert {"worker-0.pid", "worker-1.pid", f"counter_{victim}.db"} <= {p.name for p in run.iterdir()}
     assert await gateway.stop() == 0
     assert not run.exists()  # the supervisor removes the run folder as it exits
+
+
+async def test_the_keys_tokens_add_up_over_the_group_in_any_workers_scrape(
+    start_cli: StartCli,
+    fake_upstream: FakeUpstream,
+    fresh: aiohttp.ClientSession,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    """Each worker adds its calls' tokens into the group's files every second (and before a scrape of its
+    own): a scrape by either worker sees every call's within about a second."""
+    limits = {
+        "store": "redis",  # limits with workers count in a shared store
+        "redis_url": redis_server.url,
+        "key_prefix": f"w{time.monotonic_ns()}",
+        "store_timeout_s": 1.0,
+        "default": {"requests_per_minute": 10_000, "tokens_per_minute": 10_000_000},
+    }
+    gateway = await start_group(start_cli, fake_upstream.url, tmp_path, limits=limits)
+    await both_answer(fresh, gateway.url)
+    used = 0
+    for _ in range(12):
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
+        async with fresh.post(gateway.url + "/v1/chat/completions", json=body, headers=KEY) as response:
+            assert response.status == 200
+            used += (await response.json())["usage"]["total_tokens"]
+    assert used > 0 and len(responders(tmp_path / "spool")) == 2, "both workers served calls"
+    counted = 0.0
+    for _ in range(100):  # a sibling's share reaches the files within a second
+        counted = value(await samples(fresh, gateway.url), "gateway_key_tokens_total", key="default")
+        if counted == used:
+            break
+        await asyncio.sleep(0.05)
+    assert counted == used
+    for _ in range(6):  # whichever worker answers, and no step counted twice
+        assert value(await samples(fresh, gateway.url), "gateway_key_tokens_total", key="default") == used
+    assert await gateway.stop() == 0
 
 
 async def group_until(
