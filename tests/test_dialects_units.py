@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
-from fake_upstream import Reply, message_object, messages_events, response_object, responses_events
+from fake_dialects import message_object, messages_events, response_object, responses_events
+from fake_upstream import Reply
 
 from gateway.auth import KeyRing
 from gateway.calls import Answer, Call
