@@ -22,6 +22,7 @@ from gateway.scrub import Scrubber
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
+PUBLISH_WARN_EVERY_S = 60.0
 
 
 class Recorder(Protocol):
@@ -70,6 +71,7 @@ class Gateway:
     in_flight: int = 0
     draining: bool = False
     _ended: list[Call] = field(default_factory=list)  # calls over, their metrics and settlements not yet made
+    _publish_failed_at: float = float("-inf")  # when publishing the metrics last failed (and was said)
 
     def __post_init__(self) -> None:
         self.connections = Connections(on_close=self.metrics.connections_closed_idle.inc)
@@ -115,11 +117,18 @@ class Gateway:
 
     def publish_metrics(self) -> None:
         """Set the gauges of what this process is handling now: calls in flight, stream ends waiting, client
-        connections; and bring the keys' tokens and cost up to date."""
-        self.limits.publish()
-        self.metrics.in_flight.set(self.in_flight)
-        self.metrics.client_connections.set(self.connections.open)
-        self.metrics.stream_ends_waiting.set(self.upstream.pool.ends.waiting)
+        connections; and bring the keys' tokens and cost up to date. Never raises: a scrape still answers
+        with what the metrics hold, and a worker goes on publishing every second."""
+        try:
+            self.limits.publish()
+            self.metrics.in_flight.set(self.in_flight)
+            self.metrics.client_connections.set(self.connections.open)
+            self.metrics.stream_ends_waiting.set(self.upstream.pool.ends.waiting)
+        except Exception:  # a group's metric file that cannot grow (a full disk), or a bug
+            now = time.monotonic()
+            if now - self._publish_failed_at >= PUBLISH_WARN_EVERY_S:
+                self._publish_failed_at = now  # said once a minute
+                log.exception("could not publish the metrics; tried again at the next scrape or second")
 
     def recorded(self) -> Awaitable[None] | None:
         """Something to await (a loop turn) until every record queued so far is written; None when there is

@@ -380,6 +380,35 @@ async def test_health_and_metrics_show_the_limits(
     assert 'gateway_limit_refusals_total{key="default",limit="default.requests_per_minute"} 1.0' in text
 
 
+async def test_a_publish_that_fails_leaves_scrapes_answering_and_is_said_once_a_minute(
+    make_gateway: MakeGateway,
+    fake_upstream: FakeUpstream,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gateway = await limited(make_gateway, fake_upstream.url, {"default": {"requests_per_minute": 100}})
+    await post(http, gateway)
+    fail = [True]
+    publish = gateway.gw.limits.publish
+
+    def failing() -> None:
+        if fail[0]:
+            raise OSError("no space left for the group's metric file")
+        publish()
+
+    monkeypatch.setattr(gateway.gw.limits, "publish", failing)
+    for _ in range(3):
+        async with http.get(gateway.url + "/metrics") as response:
+            assert response.status == 200
+            assert "gateway_requests_total" in await response.text()
+    said = [r for r in caplog.records if "could not publish the metrics" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is not None
+    fail[0] = False  # the disk has room again: what was settled meanwhile is published
+    async with http.get(gateway.url + "/metrics") as response:
+        assert f'gateway_key_tokens_total{{key="default"}} {float(FAKE_TOTAL)}' in await response.text()
+
+
 # ---------------------------------------------------------------------------------------------- the SDK
 async def test_the_openai_sdk_waits_out_a_busy_slot_and_succeeds(
     make_gateway: MakeGateway, fake_upstream: FakeUpstream, http: aiohttp.ClientSession

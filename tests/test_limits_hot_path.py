@@ -122,6 +122,27 @@ def test_settlements_reach_the_keys_metrics_when_published() -> None:
     assert tokens() == 120
 
 
+def test_tokens_a_failing_publish_could_not_take_in_are_taken_in_the_next_time() -> None:
+    problems: list[str] = []
+    metrics = Metrics()
+    limits = Limiter(parse_limits(LIMITS, problems), metrics=metrics, clock=lambda: NOW)
+    call = chat("a")
+    admitted(limits.admit(call, 400))
+    call.status, call.answer.usage = 200, {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42}
+    limits.settle(call)
+    child = limits._child
+
+    def failing(*labels: str) -> Any:
+        raise OSError("no space left for the group's metric file")
+
+    limits._child = failing  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        limits.publish()
+    limits._child = child  # type: ignore[method-assign]
+    limits.publish()
+    assert metrics.registry.get_sample_value("gateway_key_tokens_total", {"key": "default"}) == 42
+
+
 def test_a_settlement_seconds_later_corrects_the_bucket_its_reservation_went_to() -> None:
     now = [NOW]
     problems: list[str] = []

@@ -205,13 +205,13 @@ class Limiter:
         second in a worker group, and at shutdown."""
         if self.metrics is None:
             return
-        for plan in self._plans.values():
+        for plan in self._plans.values():  # each amount cleared once taken in: one that fails is tried again
             if plan.tokens_due:
-                tokens, plan.tokens_due = plan.tokens_due, 0
-                self._child("tokens", plan.key).inc(tokens)
+                self._child("tokens", plan.key).inc(plan.tokens_due)
+                plan.tokens_due = 0
             if plan.cost_due:
-                cost, plan.cost_due = plan.cost_due, 0
-                self._child("cost", plan.key).inc(cost / MICRO)
+                self._child("cost", plan.key).inc(plan.cost_due / MICRO)
+                plan.cost_due = 0
 
     def _send(self, call_id: str, bound: Any, deltas: tuple[int, ...]) -> None:
         """Hand the store a settlement: the in-process store applies it now; a shared one is given it once
