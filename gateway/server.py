@@ -33,7 +33,7 @@ AppFactory = Callable[[], web.Application]
 # net.core.somaxconn, 4,096 by default). A burst of thousands of connections, a client's flood among them,
 # then waits its turn instead of being dropped, and a probe dropped there would retry only a second later.
 BACKLOG = 65535
-IN_FLIGHT_EVERY_S = 1.0  # how fresh a worker's in-flight count and keys' tokens are in a sibling's scrape
+PUBLISH_EVERY_S = 1.0  # how fresh a worker's gauges and keys' usage are in a sibling's scrape
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
@@ -217,7 +217,7 @@ async def _publish_metrics(gw: Gateway, app: web.Application) -> AsyncIterator[N
     async def publish() -> None:
         while True:
             gw.publish_metrics()
-            await asyncio.sleep(IN_FLIGHT_EVERY_S)
+            await asyncio.sleep(PUBLISH_EVERY_S)
 
     task = asyncio.create_task(publish())
     try:
