@@ -120,10 +120,10 @@ class Gateway:
         connections; and bring the keys' tokens and cost up to date. Never raises: a scrape still answers
         with what the metrics hold, and a worker goes on publishing every second."""
         try:
-            self.limits.publish()
             self.metrics.in_flight.set(self.in_flight)
             self.metrics.client_connections.set(self.connections.open)
             self.metrics.stream_ends_waiting.set(self.upstream.pool.ends.waiting)
+            self.limits.publish()  # last: the one that may meet a new label, and a file to grow for it
         except Exception:  # a group's metric file that cannot grow (a full disk), or a bug
             now = time.monotonic()
             if now - self._publish_failed_at >= PUBLISH_WARN_EVERY_S:
