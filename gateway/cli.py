@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default=os.environ.get("HOST", "0.0.0.0"), help="bind address (env HOST; 0.0.0.0)"
     )
     serve.add_argument(
-        "--port", type=int, default=os.environ.get("PORT", "8080"), help="port (env PORT; 8080)"
+        "--port",
+        type=int,
+        default=os.environ.get("PORT", "8080"),
+        help="port (env PORT; 8080); 0: a free one, named in the log",
     )
     serve.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port, to use several cores (default 1)"

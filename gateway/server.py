@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from functools import partial
 from typing import Any, NoReturn
 
@@ -127,12 +127,41 @@ def _raise_open_files_limit() -> None:
 
 
 def run(app_factory: AppFactory, host: str, port: int, workers: int) -> int:
-    """Run `app_factory()` in this process, or in `workers` forked processes sharing the port."""
-    if workers <= 1:
-        keep_values_in_the_loop()  # metrics stepped by this process's loop alone
-        _run_loop(serve_app(app_factory(), host, port))
-        return 0
-    return _supervise(app_factory, host, port, workers)
+    """Run `app_factory()` in this process, or in `workers` forked processes sharing the port.
+
+    Port 0 is a free port the system chooses, the same for every worker and every address of `host`; the
+    log's `serving on` line names it.
+    """
+    with reserved_port(host, port) as (port, shared):
+        if workers <= 1:
+            keep_values_in_the_loop()  # metrics stepped by this process's loop alone
+            _run_loop(serve_app(app_factory(), host, port, reuse_port=shared))
+            return 0
+        return _supervise(app_factory, host, port, workers)
+
+
+@contextlib.contextmanager
+def reserved_port(host: str, port: int) -> Iterator[tuple[int, bool]]:
+    """`port`, or for port 0 a free one held for the run; and whether the listening sockets must share it.
+
+    asyncio binds port 0 anew for each address (and each worker would bind its own): the port is chosen
+    once here instead, by a socket bound with SO_REUSEPORT and never listening, which keeps it ours until
+    the run ends while every listening socket binds it beside it (a socket that is not listening is given
+    no connections).
+    """
+    if port:
+        yield port, False
+        return
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    with socket.socket(family, kind, proto) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        holder.bind(address)
+        yield holder.getsockname()[1], True
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -102,18 +102,18 @@ class Attack:
         await upstream.wait_ready(f"http://127.0.0.1:{self.upstream_port}/health", timeout_s=60)
 
     async def start_gateway(self) -> Server:
-        """A gateway on a fresh port, once it answers /readyz."""
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        """A gateway on a port of its choosing, once it answers /readyz."""
         config_path = self.workdir / "gateway.json"
         config_path.write_text(json.dumps(self.config, indent=2))
         cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config_path)]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd += ["--host", "127.0.0.1", "--port", "0", "--workers", "1"]
         if files := self.args.gateway_files:  # its open-files limit, soft and hard
             cmd = ["prlimit", f"--nofile={files}:{files}", *cmd]
         env = child_env(self.key, self.spool)
         gateway = Server(f"gateway-{len(self.servers)}", cmd, self.args.gateway_cpu, env, self.workdir)
         self.servers.append(gateway)
+        self.port = await gateway.port()
+        self.url = f"http://127.0.0.1:{self.port}"
         await gateway.wait_ready(self.url + "/readyz")
         return gateway
 

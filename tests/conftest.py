@@ -21,7 +21,7 @@ import pytest
 import yaml
 from aiohttp import web
 from fake_upstream import FakeUpstream
-from gateway_process import UpstreamThread, free_port
+from gateway_process import UpstreamThread, serving_port
 from redis_server import RedisServer
 
 from gateway.app import create_app
@@ -285,7 +285,8 @@ def write_config(tmp_path: Path, raw: Mapping[str, Any], name: str = "config.yam
 
 @pytest.fixture
 async def start_cli(tmp_path: Path) -> AsyncIterator[StartCli]:
-    """Start `python -m gateway serve` on a free port and wait until `/readyz` answers.
+    """Start `python -m gateway serve --port 0` (the port it binds, read from its log) and wait until
+    `/readyz` answers.
 
     `await start_cli(config=raw_or_None, args=[...], env={...})`; every process started is stopped at
     teardown (SIGTERM, then SIGKILL if it does not go).
@@ -299,15 +300,14 @@ async def start_cli(tmp_path: Path) -> AsyncIterator[StartCli]:
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 30,
     ) -> CliGateway:
-        port = free_port()
         n = len(started)
-        command = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        command = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", "0"]
         if config is not None:
             command += ["--config", str(write_config(tmp_path, config, f"config-{n}.yaml"))]
         command += args or []
         out, err = tmp_path / f"stdout-{n}.txt", tmp_path / f"stderr-{n}.txt"
         proc = spawn(command, tmp_path, subprocess_env(tmp_path, **(env or {})), out, err)
-        running = CliGateway(proc, f"http://127.0.0.1:{port}", err, out)
+        running = CliGateway(proc, "", err, out)
         started.append(running)
         await wait_ready(running, ready_timeout)
         return running
@@ -329,13 +329,20 @@ def spawn(
 
 
 async def wait_ready(running: CliGateway, within: float) -> None:
-    """Poll `/readyz` until it answers 200; fail (with the gateway's stderr) if it exits or never does."""
+    """Poll `/readyz` until it answers 200; fail (with the gateway's stderr) if it exits or never does.
+    A gateway started on port 0 is given its `url` once its log names the port."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while loop.time() < deadline:
             if running.proc.poll() is not None:
                 pytest.fail(f"the gateway exited with {running.proc.returncode}:\n{running.stderr}")
+            if not running.url:
+                if port := serving_port(running.stderr_path):
+                    running.url = f"http://127.0.0.1:{port}"
+                else:
+                    await asyncio.sleep(0.05)
+                continue
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with session.get(running.url + "/readyz") as response:
                     if response.status == 200:

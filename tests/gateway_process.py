@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,11 +25,22 @@ PROXY_KEY = "test-proxy-key-0123456789"
 PROVIDER_KEY = "test-provider-key-9876543210"
 
 
+SERVING = re.compile(rb"serving on http://\S+:(\d+) \(pid \d+\)")
+
+
 def free_port() -> int:
-    """A loopback port free now (the tests' one helper), for a server that cannot report the port it bound."""
+    """A loopback port free now (the tests' one helper), for a server that cannot report the port it bound,
+    or that must be named before it runs: another process may take it meanwhile. The gateway can (`--port 0`,
+    then `serving_port`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def serving_port(stderr: Path) -> int | None:
+    """The port a gateway started with `--port 0` bound, once its log says it is serving."""
+    found = SERVING.search(stderr.read_bytes()) if stderr.exists() else None
+    return int(found[1]) if found else None
 
 
 def fake_config(upstream_url: str, **sections: Any) -> dict[str, Any]:
@@ -47,19 +60,23 @@ def fake_config(upstream_url: str, **sections: Any) -> dict[str, Any]:
     return config
 
 
+_RUNS = itertools.count()
+
+
 class GatewayProcess:
-    """One gateway process on a free port; `url`, `stop()`, `kill()`, and its captured stdout/stderr."""
+    """One gateway process on a port of its own choosing; `url` (once started), `stop()`, `kill()`, and its
+    captured stdout/stderr. Started again, it comes back on the same port."""
 
     def __init__(
         self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None, args: tuple[str, ...] = ()
     ) -> None:
         self.tmp = tmp
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config_path = tmp / f"config-{self.port}.yaml"
+        self.port = 0  # the gateway picks one at its first start
+        run = next(_RUNS)
+        self.config_path = tmp / f"config-{run}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.stdout_path = tmp / f"stdout-{self.port}.jsonl"
-        self.stderr_path = tmp / f"stderr-{self.port}.log"
+        self.stdout_path = tmp / f"stdout-{run}.jsonl"
+        self.stderr_path = tmp / f"stderr-{run}.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PROXY_KEY", "LOG_"))}
         self.env = {**base, "PROXY_KEY": PROXY_KEY, "FAKE_KEY": PROVIDER_KEY, **(env or {})}
         self.args = args
@@ -85,6 +102,10 @@ class GatewayProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}: {self.stderr}")
+            if not self.port:
+                self.port = serving_port(self.stderr_path) or 0
+                time.sleep(0 if self.port else 0.05)
+                continue
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
                     if response.status == 200:
@@ -103,6 +124,11 @@ class GatewayProcess:
     def kill(self) -> None:
         """`kill -9`: no drain, no flush."""
         self.stop(signal.SIGKILL, timeout=10)
+
+    @property
+    def url(self) -> str:
+        assert self.port, "the gateway names its port once started"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def stderr(self) -> str:
@@ -125,19 +151,20 @@ class UpstreamThread:
 
     def __init__(self) -> None:
         self.fake = FakeUpstream()
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # bound by the thread, which names it before `ready`
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self.thread.start()
         assert ready.wait(10)
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         runner = web.AppRunner(self.fake.app, handler_cancellation=True)
         self.loop.run_until_complete(runner.setup())
-        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+        self.port = runner.addresses[0][1]
         ready.set()
         self.loop.run_forever()
         self.loop.run_until_complete(runner.cleanup())

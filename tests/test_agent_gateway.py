@@ -95,9 +95,9 @@ def upstream_url() -> Iterator[tuple[str, FakeUpstream]]:
     loop = asyncio.new_event_loop()
     # handler_cancellation: a reply still sleeping when the gateway hangs up must end, not outlive the loop.
     runner = web.AppRunner(upstream.app, handler_cancellation=True, access_log=None, shutdown_timeout=1)
-    port = free_port()
     loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    port = runner.addresses[0][1]
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:

@@ -20,15 +20,16 @@ from conftest import (
     CliGateway,
     StartCli,
     exit_code,
-    free_port,
     provider_section,
     run_cli,
     spawn,
     subprocess_env,
+    until,
     wait_ready,
     write_config,
 )
 from fake_upstream import FakeUpstream
+from gateway_process import free_port
 
 
 def _config(fake_url: str, **sections: Any) -> dict[str, Any]:
@@ -337,6 +338,26 @@ def test_a_bad_port_variable_is_a_usage_error_of_serve_alone() -> None:
     assert done.returncode == 2
     assert "argument --port: invalid int value: 'not-a-port'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_serve_on_port_0_names_one_free_port_that_every_worker_serves(
+    start_cli: StartCli, fake_upstream: FakeUpstream
+) -> None:
+    gateway = await start_cli(  # started with --port 0, its URL read from the log
+        _config(fake_upstream.url), args=["--workers", "2"], env={"PROXY_KEY": "k", "FAKE_KEY": PROVIDER_KEY}
+    )
+    await until(lambda: len(re.findall(r"serving on (http://\S+) ", gateway.stderr)) == 2)
+    assert set(re.findall(r"serving on (http://\S+) ", gateway.stderr)) == {gateway.url}
+    assert not gateway.url.endswith(":0")
+    # A fresh connection each: the kernel hands them out among the listening sockets only, never to the one
+    # that holds the port for the run.
+    for _ in range(40):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as fresh,
+            fresh.get(gateway.url + "/livez") as response,
+        ):
+            assert response.status == 200
+    assert await gateway.stop() == 0
 
 
 async def test_serve_takes_port_and_config_from_the_environment(

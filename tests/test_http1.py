@@ -23,11 +23,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import free_port, serving, until
+from conftest import serving, until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from gateway_process import free_port
 from multidict import CIMultiDict
 
 from gateway.http1 import ConnectFailed, Disconnected, Pool, ProtocolError, Response

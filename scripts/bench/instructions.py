@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.limits import LIMITS  # the limits phase's own rules, counted here
 from bench.load import closed_loop
-from bench.processes import Server, child_env, free_port
+from bench.processes import Server, child_env
 from bench.report import fmt, table
 from bench.targets import Stack, write_config
 
@@ -58,16 +58,17 @@ async def instructions(stack: Stack) -> dict[str, Any]:
 
 async def _count(stack: Stack, name: str, logging: str, limits: bool) -> float:
     """One fresh gateway under callgrind: warmed up, then CALLS calls counted."""
-    port, spool = free_port(), stack.workdir / f"spool-cg-{name}"
+    spool = stack.workdir / f"spool-cg-{name}"
     spool.mkdir(exist_ok=True)
     config = stack.workdir / f"gateway-cg-{name}.json"
     write_config(config, stack.upstream_port, logging, spool, LIMITS if limits else None)
     out = stack.workdir / f"callgrind-{name}.out"
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m", "gateway"]
-    cmd += ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", "0", "--workers", "1"]
     env = child_env(stack.proxy_key, spool) | {"PYTHONPATH": str(stack.gateway_root)}
     server = Server(f"gateway-cg-{name}", cmd, stack.gateway_cpu, env, stack.workdir, cwd=stack.gateway_root)
     stack.servers.append(server)
+    port = await server.port(timeout_s=READY_S)
     target = stack.target(f"cg-{name}", port, server)
     try:
         await server.wait_ready(f"http://127.0.0.1:{port}/readyz", timeout_s=READY_S)

@@ -56,14 +56,15 @@ def _pong(port: int) -> bool:
 
 async def start_gateway(stack: Stack, name: str, limits: dict[str, Any] | None) -> tuple[Server, int]:
     """A gateway with logging off and `limits`, on the gateway core."""
-    port, path = free_port(), stack.workdir / f"gateway-limits-{name}.json"
+    path = stack.workdir / f"gateway-limits-{name}.json"
     write_config(path, stack.upstream_port, "off", stack.workdir, limits)
     cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(path)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--host", "127.0.0.1", "--port", "0", "--workers", "1"]
     server = Server(
         f"gateway-{name}", cmd, stack.gateway_cpu, child_env(stack.proxy_key, stack.workdir), stack.workdir
     )
     stack.servers.append(server)
+    port = await server.port()
     await server.wait_ready(f"http://127.0.0.1:{port}/readyz")
     return server, port
 

@@ -19,6 +19,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 TICK = os.sysconf("SC_CLK_TCK")
 _ANNOUNCED = re.compile(rb"http://127\.0\.0\.1:(\d+)")
+_SERVING = re.compile(rb"serving on http://127\.0\.0\.1:(\d+) ")  # the gateway's, in its log
 
 
 def pinned(cpu: str | None, cmd: list[str]) -> list[str]:
@@ -133,7 +134,8 @@ class Server:
     """A process this script started (pinned to `cpu`); measured and stopped by its own pid.
 
     With `announces`, the process binds port 0 and prints its URL on stdout, so no other process can take
-    the port between a bind-then-close probe and the server's own bind.
+    the port between a bind-then-close probe and the server's own bind; a gateway (`serve --port 0`) names
+    its port in its log instead.
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class Server:
         *, announces: bool = False, cwd: Path = ROOT,
     ) -> None:  # fmt: skip
         self.name = name
+        self.announces = announces
         self.log = workdir / f"{name}.log"
         self.out = workdir / f"{name}.out"
         with self.log.open("wb") as log, self.out.open("wb") as out:
@@ -162,11 +165,12 @@ class Server:
         return sum(open_fds(p) for p in proc_tree(self.proc.pid))
 
     async def port(self, timeout_s: float = 30.0) -> int:
-        """The port the process announced on stdout."""
+        """The port the process announced on stdout; a gateway's, from its log's `serving on` line."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
-            if found := _ANNOUNCED.search(self.out.read_bytes()):
+            source, pattern = (self.out, _ANNOUNCED) if self.announces else (self.log, _SERVING)
+            if found := pattern.search(source.read_bytes()):
                 return int(found.group(1))
             await asyncio.sleep(0.05)
         raise RuntimeError(f"{self.name} announced no port after {timeout_s:g} s:\n{self.tail()}")

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from bench.load import MODEL, REQUEST_TIMEOUT, Target
-from bench.processes import ROOT, Server, child_env, free_port
+from bench.processes import ROOT, Server, child_env
 
 HERE = Path(__file__).resolve().parent
 CHAT = "/v1/chat/completions"
@@ -77,18 +77,19 @@ class Stack:
 
     async def start_gateway(self, logging: str) -> tuple[Server, int]:
         """`python -m gateway serve --workers 1` on the gateway core, with a fresh config and spool."""
-        port, spool = free_port(), self.workdir / f"spool-{logging}"  # serve cannot report a port-0 bind
+        spool = self.workdir / f"spool-{logging}"
         spool.mkdir(exist_ok=True)
         config = self.workdir / f"gateway-{logging}.json"
         write_config(config, self.upstream_port, logging, spool)
         module = "bench.traced" if self.traced else "gateway"
         cmd = [sys.executable, "-m", module, "serve", "--config", str(config)]
-        cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        cmd += ["--host", "127.0.0.1", "--port", "0", "--workers", "1"]
         env = child_env(self.proxy_key, spool)
         env["PYTHONPATH"] = f"{HERE.parent}:{self.gateway_root}" if self.traced else str(self.gateway_root)
         if self.traced:
             env["BENCH_TRACEMALLOC_OUT"] = str(self.tracemalloc_out)
         server = self._start(f"gateway-{logging}", cmd, self.gateway_cpu, env, cwd=self.gateway_root)
+        port = await server.port()
         await server.wait_ready(f"http://127.0.0.1:{port}/readyz")
         return server, port
 
