@@ -138,6 +138,28 @@ async def test_a_command_its_caller_stopped_waiting_for_keeps_the_replies_in_ord
     assert await store.client.execute("ECHO", "third") == b"third"
 
 
+async def test_the_commands_of_one_turn_of_the_loop_leave_in_one_write(store: RedisStore) -> None:
+    assert await store.client.execute("PING") == "PONG"  # connected
+    protocol = store.client._protocol
+    assert protocol is not None and protocol.transport is not None
+    transport, writes = protocol.transport, []
+
+    class Counting:  # the real connection, its writes counted
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+            transport.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(transport, name)
+
+    protocol.transport = Counting()  # type: ignore[assignment]
+    echoes = [store.client.execute("ECHO", f"call {i}") for i in range(20)]
+    assert await asyncio.gather(*echoes) == [f"call {i}".encode() for i in range(20)]
+    assert len(writes) == 1 and writes[0].count(b"ECHO") == 20
+    assert await store.client.execute("ECHO", "alone") == b"alone"  # a later turn: a write of its own
+    assert len(writes) == 2
+
+
 async def test_a_settlement_is_sent_once_its_calls_task_has_ended(store: RedisStore) -> None:
     """The gateway settles a call in its request's task before the answer is written (a non-stream answer
     after its records, a loop turn later): the settlement is written after the answer, not before."""

@@ -1,7 +1,8 @@
 """A small Redis/Valkey client (RESP2) for the limits store: one connection, every command pipelined on it.
 
-Commands are written as they come and their replies matched to them in order, so calls in flight at once
-share one connection without waiting for each other. It is all the limits store needs (scripts and their
+The commands written in one turn of the loop leave together at its end, and their replies are matched to
+them in order, so calls in flight at once share one connection (and its system calls) without waiting for
+each other. It is all the limits store needs (scripts and their
 replies) and costs a fraction of a general client's CPU per command, which the request path pays for twice.
 URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS), `unix:///path[?db=N]`.
 
@@ -36,6 +37,7 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[tuple[asyncio.Future[Reply], float]] = collections.deque()
         self.buffer = b""
         self.lost = False
+        self._unsent: list[bytes] = []  # commands written in this turn of the loop, sent together at its end
         self._watch: asyncio.TimerHandle | None = None
         self._watch_at = math.inf
 
@@ -69,8 +71,17 @@ class _Protocol(asyncio.Protocol):
         return future
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        """Send `data` at the end of this turn of the loop, with every command written in it: one system
+        call for all the calls admitted in a turn, where each of them cost one (and the server's reading
+        and answering one), the larger part of what a command costs the gateway."""
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._unsent.append(data)
+
+    def _send(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if self.transport is not None and not self.lost:  # else their commands have failed already
+            self.transport.write(b"".join(unsent) if len(unsent) > 1 else unsent[0])
 
     def fail(self, exc: Exception) -> None:
         """Fail every command waiting and give the connection up."""
