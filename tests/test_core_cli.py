@@ -346,7 +346,7 @@ async def test_serve_on_port_0_names_one_free_port_that_every_worker_serves(
     gateway = await start_cli(  # started with --port 0, its URL read from the log
         _config(fake_upstream.url), args=["--workers", "2"], env={"PROXY_KEY": "k", "FAKE_KEY": PROVIDER_KEY}
     )
-    await until(lambda: len(re.findall(r"serving on (http://\S+) ", gateway.stderr)) == 2)
+    await until(lambda: len(re.findall(r"serving on (http://\S+) ", gateway.stderr)) == 2, within=30)
     assert set(re.findall(r"serving on (http://\S+) ", gateway.stderr)) == {gateway.url}
     assert not gateway.url.endswith(":0")
     # A fresh connection each: the kernel hands them out among the listening sockets only, never to the one

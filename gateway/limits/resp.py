@@ -2,8 +2,8 @@
 
 The commands written in one turn of the loop leave together at its end, and their replies are matched to
 them in order, so calls in flight at once share one connection (and its system calls) without waiting for
-each other. It is all the limits store needs (scripts and their
-replies) and costs a fraction of a general client's CPU per command, which the request path pays for twice.
+each other. It is all the limits store needs (scripts and their replies) and costs a fraction of a general
+client's CPU per command, which the request path pays for twice.
 URLs: `redis://[[user]:password@]host[:port][/db]`, `rediss://` (TLS), `unix:///path[?db=N]`.
 
 Each command is sent with a deadline. One timer per connection watches them (not one per command: a timer
