@@ -95,7 +95,8 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("serving on http://%s:%d (pid %d)", host, port, os.getpid())
+    where = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    log.info("serving on http://%s:%d (pid %d)", where, port, os.getpid())
     await stop.wait()
     gw.draining = True
     log.info("draining: %d calls in flight, waiting up to %g s", gw.in_flight, drain_s)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -358,6 +359,35 @@ async def test_serve_on_port_0_names_one_free_port_that_every_worker_serves(
         ):
             assert response.status == 200
     assert await gateway.stop() == 0
+
+
+async def test_serve_on_an_ipv6_address_names_a_url_that_answers(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    command = [sys.executable, "-m", "gateway", "serve", "--host", "::1", "--port", "0"]
+    err = tmp_path / "err"
+    proc = spawn(command, tmp_path, subprocess_env(tmp_path, PROXY_KEY="k"), tmp_path / "out", err)
+    gateway = CliGateway(proc, "", err, tmp_path / "out")
+    try:
+        if not _ipv6_loopback():  # then it must say so and stop, not serve somewhere else
+            assert await exit_code(proc, 30) == 2 and "cannot listen on ::1" in gateway.stderr
+            return
+        await until(lambda: "serving on" in gateway.stderr or proc.poll() is not None, within=30)
+        found = re.search(r"serving on (http://\S+) ", gateway.stderr)
+        assert found and re.fullmatch(r"http://\[::1\]:[1-9][0-9]*", found[1]), gateway.stderr
+        async with http.get(found[1] + "/livez") as response:
+            assert response.status == 200
+    finally:
+        assert await gateway.stop() == 0
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 async def test_serve_takes_port_and_config_from_the_environment(
