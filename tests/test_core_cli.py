@@ -368,10 +368,10 @@ async def test_serve_on_an_ipv6_address_names_a_url_that_answers(
     err = tmp_path / "err"
     proc = spawn(command, tmp_path, subprocess_env(tmp_path, PROXY_KEY="k"), tmp_path / "out", err)
     gateway = CliGateway(proc, "", err, tmp_path / "out")
+    if not _ipv6_loopback():  # then it must say so and stop, not serve somewhere else
+        assert await exit_code(proc, 30) == 2 and "cannot listen on ::1" in gateway.stderr
+        return
     try:
-        if not _ipv6_loopback():  # then it must say so and stop, not serve somewhere else
-            assert await exit_code(proc, 30) == 2 and "cannot listen on ::1" in gateway.stderr
-            return
         await until(lambda: "serving on" in gateway.stderr or proc.poll() is not None, within=30)
         found = re.search(r"serving on (http://\S+) ", gateway.stderr)
         assert found and re.fullmatch(r"http://\[::1\]:[1-9][0-9]*", found[1]), gateway.stderr
