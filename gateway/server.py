@@ -108,15 +108,31 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
 
 def check_port(host: str, port: int) -> None:
     """Raise OSError now when `host:port` cannot be listened on, rather than in every worker, forever."""
-    for family, kind, proto, _, address in socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    ):
-        with socket.socket(family, kind, proto) as probe:
-            # As asyncio binds: a port the last run left in TIME_WAIT is free, and IPv6 does not claim IPv4.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            probe.bind(address)
+    for address in _addresses(host, port):
+        _bound(*address).close()
+
+
+def _addresses(host: str, port: int) -> list[tuple[Any, ...]]:
+    """(family, type, protocol, address) of each address `host:port` is listened on at."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return [(family, kind, proto, address) for family, kind, proto, _, address in found]
+
+
+def _bound(family: int, kind: int, proto: int, address: Any, *, reuse_port: bool = False) -> socket.socket:
+    """A socket bound to `address` as asyncio binds a server's: a port the last run left in TIME_WAIT is
+    free, and IPv6 does not claim IPv4."""
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _raise_open_files_limit() -> None:
@@ -153,15 +169,7 @@ def reserved_port(host: str, port: int) -> Iterator[tuple[int, bool]]:
     if port:
         yield port, False
         return
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    with socket.socket(family, kind, proto) as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        holder.bind(address)
+    with _bound(*_addresses(host, 0)[0], reuse_port=True) as holder:
         yield holder.getsockname()[1], True
 
 

@@ -347,8 +347,12 @@ async def test_serve_on_port_0_names_one_free_port_that_every_worker_serves(
     gateway = await start_cli(  # started with --port 0, its URL read from the log
         _config(fake_upstream.url), args=["--workers", "2"], env={"PROXY_KEY": "k", "FAKE_KEY": PROVIDER_KEY}
     )
-    await until(lambda: len(re.findall(r"serving on (http://\S+) ", gateway.stderr)) == 2, within=30)
-    assert set(re.findall(r"serving on (http://\S+) ", gateway.stderr)) == {gateway.url}
+
+    def served() -> list[str]:
+        return re.findall(r"serving on (http://\S+) ", gateway.stderr)
+
+    await until(lambda: len(served()) == 2, within=30)  # one line a worker
+    assert set(served()) == {gateway.url}
     assert not gateway.url.endswith(":0")
     # A fresh connection each: the kernel hands them out among the listening sockets only, never to the one
     # that holds the port for the run.
