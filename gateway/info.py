@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import AuthenticationFailed
+from gateway.native import compiled
 from gateway.state import GATEWAY, Gateway
 from providers.base import Provider
 
@@ -51,6 +52,7 @@ async def health(request: web.Request) -> web.Response:
             "closed_idle": gw.connections.closed_idle,
         },
         "pid": os.getpid(),  # with --workers N, which worker answered
+        "compiled": compiled(),  # the modules this worker runs compiled (gateway.native)
         "logging": logging,
         "limits": limits,
     }

@@ -110,7 +110,9 @@ def build_commands() -> list[str]:
 
 def test_builder_installs_the_locks_with_hashes_and_the_project_without_deps() -> None:
     commands = build_commands()
-    installs = [c for c in commands if " install " in c]
+    # Debian's C compiler for mypyc, in this stage alone (the runtime stage installs nothing)
+    assert "apt-get install -y --no-install-recommends gcc libc6-dev" in commands
+    installs = [c for c in commands if " install " in c and not c.startswith("apt-get ")]
     lock_install = [c for c in installs if "-r /src/requirements.lock" in c]
     assert len(lock_install) == 1, installs
     for flag in ("--require-hashes", "--no-deps", "--only-binary=:all:"):
@@ -254,6 +256,7 @@ def test_build_context_leaves_out_local_state() -> None:
         "gateway/cli.py",
         "providers/nrp.py",
         "setup.cfg",
+        "setup.py",
         "pyproject.toml",
         "README.md",
         LOCK.name,
@@ -261,6 +264,9 @@ def test_build_context_leaves_out_local_state() -> None:
     ):
         assert context_includes(path), path
     assert not context_includes("gateway/__pycache__/cli.cpython-311.pyc")
+    # modules compiled in place by a checkout's editable install: the builder compiles its own
+    assert not context_includes("gateway/logs/records.cpython-311-x86_64-linux-gnu.so")
+    assert not context_includes("open_llm_proxy__mypyc.cpython-311-x86_64-linux-gnu.so")
 
 
 def ignore_rules() -> list[tuple[bool, str]]:
@@ -391,6 +397,16 @@ def test_installed_virtualenv_holds_the_lock_and_no_install_tools(installed: Ins
     assert versions.pop("open-llm-proxy")
     # Exactly the lock: nothing resolved beside it, nothing left out.
     assert versions == {name: pin.version for name, pin in read_lock(LOCK).items()}
+
+
+def test_installed_gateway_runs_the_hot_modules_compiled(installed: Installed) -> None:
+    """The builder compiles what gateway.native names (mypyc, from the build lock): the image runs them so."""
+    script = "import json, gateway.native as n; print(json.dumps([n.compiled(), list(n.MODULES)]))"
+    done = subprocess.run(
+        [str(installed.venv / "bin" / "python"), "-c", script], capture_output=True, text=True, check=True
+    )
+    compiled, modules = json.loads(done.stdout)
+    assert modules and compiled == modules
 
 
 def run(command: list[str]) -> None:

@@ -11,6 +11,8 @@ from conftest import provider_section as section
 from fake_upstream import FakeUpstream, Reply
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.native import compiled
+
 REQUEST_ID = re.compile(r"\A[0-9a-f]{32}\Z")
 PREFLIGHT = {"Access-Control-Request-Method": "POST"}
 
@@ -138,6 +140,7 @@ async def test_health_reports_providers_key_and_logging(
     assert health["providers"]["fake"]["endpoint"] == f"{fake_upstream.url}/v1/chat/completions"
     assert health["providers"]["keyless"]["configured"] is False
     assert health["logging"] == {"enabled": True, "recorder": "list"}
+    assert health["compiled"] == compiled()  # the build this worker runs (gateway.native)
     assert PROVIDER_KEY not in orjson.dumps(health).decode()
 
 

@@ -390,14 +390,15 @@ async def test_a_publish_that_fails_leaves_scrapes_answering_and_is_said_once_a_
     gateway = await limited(make_gateway, fake_upstream.url, {"default": {"requests_per_minute": 100}})
     await post(http, gateway)
     fail = [True]
-    publish = gateway.gw.limits.publish
+    metric = gateway.gw.metrics.key_tokens
+    labels = metric.labels
 
-    def failing() -> None:
+    def failing(*names: str) -> Any:
         if fail[0]:
             raise OSError("no space left for the group's metric file")
-        publish()
+        return labels(*names)
 
-    monkeypatch.setattr(gateway.gw.limits, "publish", failing)
+    monkeypatch.setattr(metric, "labels", failing)
     for _ in range(3):
         async with http.get(gateway.url + "/metrics") as response:
             assert response.status == 200

@@ -39,15 +39,19 @@ TOOLS_BODY = {
 
 
 def make_call(body: dict, **kw: object) -> Call:
+    """A call described as the proxy describes one (`gateway.proxy._describe`): its model and session are
+    the body's only when they are text."""
+    model, user = body.get("model"), body.get("user")
+    model = model if isinstance(model, str) else None
     call = Call(
         "ab" * 16,
         Endpoint.CHAT,
         body=body,
-        model=body.get("model"),
-        requested_model=body.get("model"),
+        model=model,
+        requested_model=model,
         provider="nrp",
         key_name="alice",
-        session_id=body.get("user"),
+        session_id=user if isinstance(user, str) and user else None,
     )
     for k, v in kw.items():
         setattr(call, k, v)

@@ -144,9 +144,13 @@ class Written:
     def __init__(self, root: Path, capture: str, **settings: Any) -> None:
         spool = Spool(root, max_age_s=300.0, chunk_max_bytes=1 << 20, max_bytes=1 << 30, host="h")
         builder = RecordBuilder(LoggingSettings(capture=capture, **settings))
-        self.recorder = LogRecorder(builder, spool, Scrubber([SECRET]), Metrics())
+        self.recorder = LogRecorder(builder, spool, Scrubber([SECRET]), Metrics(), stdout=False)
         self.batches: list[bytes] = []
-        self.recorder._write = lambda batch, count: self.batches.append(batch)  # type: ignore[method-assign]
+        spool.write = self.kept  # type: ignore[method-assign]
+
+    def kept(self, batch: bytes, ts: float, count: int = 1) -> bool:
+        self.batches.append(batch)
+        return True
 
     def record(self, call: Call) -> list[bytes]:
         self.recorder.request(call)

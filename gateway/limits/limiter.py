@@ -16,7 +16,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from gateway.errors import LimitsUnavailable, RateLimited
 from gateway.limits.answers import refusal, usage_row
@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     from gateway.calls import Call
     from gateway.metrics import Metrics
 
-OPEN = "open"  # the key name of callers of a gateway that runs without keys
-_COMPLETION_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-_COUNT_TOKENS, _EMBEDDINGS = Endpoint.COUNT_TOKENS, Endpoint.EMBEDDINGS  # an enum's member is slow to look up
+OPEN: Final = "open"  # the key name of callers of a gateway that runs without keys
+_COMPLETION_FIELDS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_COUNT_TOKENS: Final = Endpoint.COUNT_TOKENS  # an enum's member is slow to look up
+_EMBEDDINGS: Final = Endpoint.EMBEDDINGS
 
 
 class Ticket(NamedTuple):
@@ -51,7 +52,7 @@ class Ticket(NamedTuple):
 
 # A ticket made at every admission: tuple's own __new__ takes its six fields at once, without the Python
 # function a NamedTuple's constructor is.
-_ticket = tuple.__new__
+_ticket: Final = tuple.__new__
 
 
 class Limiter:

@@ -13,15 +13,15 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
+from typing import Any, Final
 
 from gateway.limits.config import Meter, Rule
 from gateway.limits.store import Counter, Kind, resets_in
 from gateway.limits.windows import Window, bucket, reset_text
 
-AMOUNTS = ("requests", "tokens", "cost", "concurrent")  # a call's amounts, in this order
-_KINDS = {Window.MINUTE: Kind.SLIDING, Window.DAY: Kind.CALENDAR, Window.MONTH: Kind.CALENDAR}
-_HEADER_NAMES = {
+AMOUNTS: Final = ("requests", "tokens", "cost", "concurrent")  # a call's amounts, in this order
+_KINDS: Final = {Window.MINUTE: Kind.SLIDING, Window.DAY: Kind.CALENDAR, Window.MONTH: Kind.CALENDAR}
+_HEADER_NAMES: Final = {
     metric: (f"x-ratelimit-limit-{metric}", f"x-ratelimit-remaining-{metric}", f"x-ratelimit-reset-{metric}")
     for metric in ("requests", "tokens")  # the metrics OpenAI's x-ratelimit-* headers describe
 }

@@ -14,8 +14,9 @@ import enum
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Final
 
-BUCKETS = 61  # one-second buckets a sliding minute counts: the current one and the 60 before it
+BUCKETS: Final = 61  # one-second buckets a sliding minute counts: the current one and the 60 before it
 
 
 class Window(enum.Enum):

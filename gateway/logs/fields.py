@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-NAME_CHARS = 256  # model, session_id, client, requested_model, tool names and ids, finish_reason, upstream_id
-ORIGIN_CHARS = 512
-ERROR_CHARS = 2000
-HEADER_CHARS = 256  # each upstream header's name and value
-MAX_HEADERS = 20
-REFUSED_CHARS = 64  # a call refused for its key: anyone can send one, so its strings are kept short
-DUMP_OPTIONS = orjson.OPT_NON_STR_KEYS
+# model, session_id, client, requested_model, tool names and ids, finish_reason, upstream_id
+NAME_CHARS: Final = 256
+ORIGIN_CHARS: Final = 512
+ERROR_CHARS: Final = 2000
+HEADER_CHARS: Final = 256  # each upstream header's name and value
+MAX_HEADERS: Final = 20
+REFUSED_CHARS: Final = 64  # a call refused for its key: anyone can send one, so its strings are kept short
+DUMP_OPTIONS: Final = orjson.OPT_NON_STR_KEYS
 
 
 def iso(ts: float) -> str:
@@ -29,7 +30,7 @@ def iso(ts: float) -> str:
     return f"{_second(second)}.{_DIGITS[micro // 1000]}{_DIGITS[micro % 1000]}+00:00"
 
 
-_DIGITS = tuple(f"{n:03d}" for n in range(1000))
+_DIGITS: Final = tuple(f"{n:03d}" for n in range(1000))
 
 
 @lru_cache(maxsize=4)

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.calls import Call
 from gateway.logs.fields import iso
@@ -36,17 +36,17 @@ from gateway.scrub import Scrubber
 if TYPE_CHECKING:
     from gateway.logs.uploader import Uploader
 
-log = logging.getLogger("gateway.logs")
-MAX_BACKOFF_S = 300.0
-MAX_TASK_PAUSE_S = 60.0  # the longest the background task rests after its own steps failed
-WARN_EVERY_S = 60.0
-MAX_PENDING = 512  # records queued in one turn of the loop: written then, without waiting for its end
+log: Final = logging.getLogger("gateway.logs")
+MAX_BACKOFF_S: Final = 300.0
+MAX_TASK_PAUSE_S: Final = 60.0  # the longest the background task rests after its own steps failed
+WARN_EVERY_S: Final = 60.0
+MAX_PENDING: Final = 512  # records queued in one turn of the loop: written then, without waiting for its end
 # Chosen texts (model names, sessions, questions...) found free of any trace of a secret are remembered, so
 # that a batch repeating them need not search them again: at most this many, of at most this many characters.
-KNOWN_CLEAN = 4096
-KNOWN_CLEAN_CHARS = 512
-HOLD_S = 0.02  # the longest a batch of request records alone waits for the next write to take it along
-HOLD_MAX_BYTES = 1 << 20  # and the most such batches keep before they are written anyway
+KNOWN_CLEAN: Final = 4096
+KNOWN_CLEAN_CHARS: Final = 512
+HOLD_S: Final = 0.02  # the longest a batch of request records alone waits for the next write to take it along
+HOLD_MAX_BYTES: Final = 1 << 20  # and the most such batches keep before they are written anyway
 
 
 class LogRecorder:
@@ -381,7 +381,7 @@ class _NextTurn:
         yield  # a bare yield: the task hands itself back to the loop, behind every callback handed it before
 
 
-_NEXT_TURN = _NextTurn()
+_NEXT_TURN: Final = _NextTurn()
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import contains, itemgetter
-from typing import Any
+from typing import Any, Final
 
 from gateway.calls import Call
 from gateway.config import LoggingSettings
@@ -37,9 +37,11 @@ from gateway.logs.prompts import PromptLedger
 from gateway.prices import PriceTable
 from providers.base import Endpoint
 
-_NO_BODY: dict[str, Any] = {}  # the body of a call that has none, only ever read
-_DICT = repeat(dict)  # `map(isinstance, messages, _DICT)`: endless, so one serves every call
-_SHA256 = repeat("content_sha256")
+_NO_BODY: Final[dict[str, Any]] = {}  # the body of a call that has none, only ever read
+_DICT: Final = repeat(dict)  # `map(isinstance, messages, _DICT)`: endless, so one serves every call
+_SHA256: Final = repeat("content_sha256")
+_CHAT: Final = Endpoint.CHAT  # an enum's member is slow to look up
+_COMPLETIONS: Final = Endpoint.COMPLETIONS
 
 # The fields a client or an upstream chose the values of: the only ones the scrubber searches for traces of a
 # secret (see `RecordBuilder.chosen`). Every other field holds what the gateway made itself: times, ids,
@@ -48,7 +50,7 @@ _SHA256 = repeat("content_sha256")
 # prompt's record, and any other kind of record, is searched whole. They come in two kinds: texts (a string
 # or null each, which the recorder may know to be searched already) and structures.
 # Read with `itemgetter`, many records at a time: every record the builder makes has every field.
-_REQUEST_TEXTS = itemgetter(
+_REQUEST_TEXTS: Final = itemgetter(
     "session_id",
     "model",
     "origin",
@@ -56,7 +58,8 @@ _REQUEST_TEXTS = itemgetter(
     "user_question",
     "user_message_this_turn",
 )
-_RESPONSE_TEXT_FIELDS = (  # and its preview when it may hold more than its content (see `RecordBuilder`)
+# and its preview when it may hold more than its content (see `RecordBuilder`)
+_RESPONSE_TEXT_FIELDS: Final = (
     "session_id",
     "model",
     "origin",
@@ -66,14 +69,14 @@ _RESPONSE_TEXT_FIELDS = (  # and its preview when it may hold more than its cont
     "reasoning_content",
     "error",
 )
-_REQUEST_STRUCTURES = itemgetter("tool_results_this_turn")
-_FULL_REQUEST_STRUCTURES = itemgetter("tool_results_this_turn", "messages")
-_RESPONSE_STRUCTURES = itemgetter("tool_calls", "tokens", "upstream_headers", "tool_calls_repaired")
+_REQUEST_STRUCTURES: Final = itemgetter("tool_results_this_turn")
+_FULL_REQUEST_STRUCTURES: Final = itemgetter("tool_results_this_turn", "messages")
+_RESPONSE_STRUCTURES: Final = itemgetter("tool_calls", "tokens", "upstream_headers", "tool_calls_repaired")
 
 # A response record starts as a copy of this template, every field in its place with the value a call that has
 # none of it gets (the builder fills in the rest): cheaper for CPython than a dict display of more than 16
 # entries (built as two dicts), or than a dict grown a key at a time.
-_RESPONSE: dict[str, Any] = {
+_RESPONSE: Final[dict[str, Any]] = {
     "timestamp": None,
     "type": "response",
     "request_id": None,
@@ -195,7 +198,7 @@ class RecordBuilder:
         body = call.body if isinstance(call.body, dict) else _NO_BODY
         errors: list[str] = []
         endpoint = call.endpoint
-        if endpoint is Endpoint.CHAT:  # the usual call, read at once: a dict's `get` cannot fail
+        if endpoint is _CHAT:  # the usual call, read at once: a dict's `get` cannot fail
             messages = body.get("messages")
             if not isinstance(messages, list):
                 messages = ()
@@ -207,7 +210,7 @@ class RecordBuilder:
         # The text of the first and of the last user message (a completion's prompt is both).
         first: dict[str, Any] | None
         last: Any
-        if endpoint is Endpoint.COMPLETIONS:
+        if endpoint is _COMPLETIONS:
             first = last = {"content": body.get("prompt")}
         else:
             first = first_user(messages)

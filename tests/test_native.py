@@ -1,0 +1,55 @@
+"""The modules the build compiles (mypyc): which ones run compiled, and a compiled module older than its
+source refused, so that an edited checkout never runs the code it had before the edit."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import shutil
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+import pytest
+
+import gateway.native
+from gateway.native import MODULES, compiled
+
+
+def test_what_runs_compiled_is_what_the_process_imported_as_extension_modules() -> None:
+    for module in MODULES:
+        __import__(module)
+        is_extension = sys.modules[module].__file__.endswith(tuple(EXTENSION_SUFFIXES))
+        assert is_extension == (module in compiled()), module
+
+
+def checkout(tmp_path: Path) -> tuple[dict, Path, Path]:
+    """A copy of gateway/native.py in a package of its own, with one module's source and compiled file."""
+    package = tmp_path / "gateway"
+    (package / "limits").mkdir(parents=True)
+    shutil.copy(gateway.native.__file__, package / "native.py")
+    source = package / "limits" / "limiter.py"
+    source.write_text("")
+    so = package / "limits" / f"limiter{EXTENSION_SUFFIXES[0]}"
+    so.write_bytes(b"")
+    return runpy.run_path(str(package / "native.py")), source, so
+
+
+def test_a_compiled_module_older_than_its_source_is_refused(tmp_path: Path) -> None:
+    native, source, so = checkout(tmp_path)
+    os.utime(so, (1_000_000, 1_000_000))
+    os.utime(source, (1_000_000 + native["STALE_AFTER_S"] + 1, 1_000_000 + native["STALE_AFTER_S"] + 1))
+    with pytest.raises(ImportError, match=r"gateway/limits/limiter\.py changed after being compiled"):
+        native["check_built"]()
+
+
+def test_files_of_one_install_or_a_fresh_compile_pass(tmp_path: Path) -> None:
+    native, source, so = checkout(tmp_path)
+    os.utime(so, (1_000_000, 1_000_000))
+    os.utime(source, (1_000_001, 1_000_001))  # written a second apart by one install: not an edit
+    native["check_built"]()
+    os.utime(so, (1_000_100, 1_000_100))  # compiled again after an edit
+    native["check_built"]()
+    so.unlink()  # a plain-Python install
+    os.utime(source, (2_000_000, 2_000_000))
+    native["check_built"]()
