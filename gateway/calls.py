@@ -222,6 +222,20 @@ class Answer:
     def reasoning_text(self) -> str:
         return "".join(self.reasoning)
 
+    def record_fields(self) -> AnswerFields:
+        """What the response record reads of the answer, in one tuple (see `Call.request_fields`)."""
+        return (
+            self.content,
+            self.reasoning,
+            self.tool_calls,
+            self.finish_reason,
+            self.upstream_id,
+            self.usage,
+            self.error,
+            self.truncated,
+            self.bad_chunks,
+        )
+
     def tool_call_list(self) -> list[dict[str, str]]:
         return [
             {"name": p.name, "arguments": "".join(p.arguments)} for _, p in sorted(self.tool_calls.items())
@@ -263,7 +277,8 @@ class Call:
     def latency_ms(self) -> float:
         end = time.perf_counter() if self.ended is None else self.ended
         # To the hundredth of a ms: round() to a whole number is several times quicker than round(x, 2),
-        # which goes through decimal digits, and each call is timed twice (its record, its metrics).
+        # which goes through decimal digits, and each call is timed twice (its record, its metrics). The
+        # response record's compiled builder works it out alike (`gateway.logs.fields.hundredths`).
         return round((end - self.started) * 100_000) / 100
 
     @property
@@ -274,3 +289,98 @@ class Call:
     @property
     def ttft_ms(self) -> float | None:
         return None if self.first_byte is None else round((self.first_byte - self.started) * 100_000) / 100
+
+    # What each of the call's records reads of it, in one tuple. The record builders are compiled
+    # (`gateway.native`), and compiled code reads an attribute of this (uncompiled) class through the generic
+    # lookup, several times the cost of the interpreter's, which reads them here.
+
+    def request_fields(self) -> RequestFields:
+        return (
+            self.request_id,
+            self.endpoint,
+            self.endpoint.label,
+            self.wall_start,
+            self.status,
+            self.provider,
+            self.key_name,
+            self.session_id,
+            self.client,
+            self.origin,
+            self.requested_model,
+            self.stream,
+            self.limited_by,
+            self.body,
+            self.tool_repair is not None,
+        )
+
+    def response_fields(self) -> ResponseFields:
+        return (
+            self.request_id,
+            self.endpoint.label,
+            self.status,
+            self.provider,
+            self.key_name,
+            self.session_id,
+            self.origin,
+            self.model,
+            self.requested_model,
+            self.stream,
+            self.limited_by,
+            self.started,
+            self.ended,
+            self.first_byte,
+            self.error,
+            self.upstream_headers,
+            self.client_disconnected,
+            self.tool_repair,
+        )
+
+
+AnswerFields = tuple[
+    list[str],  # content
+    list[str],  # reasoning
+    dict[int, ToolCallParts],  # tool_calls
+    str | None,  # finish_reason
+    str | None,  # upstream_id
+    dict[str, Any] | None,  # usage
+    str | None,  # error
+    bool,  # truncated
+    int,  # bad_chunks
+]
+RequestFields = tuple[
+    str,  # request_id
+    Endpoint,
+    str,  # the endpoint's label
+    float,  # wall_start
+    int,  # status
+    str | None,  # provider
+    str | None,  # key_name
+    str | None,  # session_id
+    str | None,  # client
+    str | None,  # origin
+    str | None,  # requested_model
+    bool,  # stream
+    str | None,  # limited_by
+    dict[str, Any] | None,  # body
+    bool,  # whether the answer's tool calls are checked (`tool_repair`)
+]
+ResponseFields = tuple[
+    str,  # request_id
+    str,  # the endpoint's label
+    int,  # status
+    str | None,  # provider
+    str | None,  # key_name
+    str | None,  # session_id
+    str | None,  # origin
+    str | None,  # model
+    str | None,  # requested_model
+    bool,  # stream
+    str | None,  # limited_by
+    float,  # started
+    float | None,  # ended
+    float | None,  # first_byte
+    str | None,  # error
+    dict[str, str] | None,  # upstream_headers
+    bool,  # client_disconnected
+    ToolCallRepair | None,
+]

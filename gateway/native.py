@@ -27,6 +27,7 @@ MODULES = (
     "gateway.limits.windows",
     "gateway.logs.conversation",
     "gateway.logs.fields",
+    "gateway.logs.lines",
     "gateway.logs.recorder",
     "gateway.logs.records",
 )

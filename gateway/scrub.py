@@ -215,6 +215,8 @@ class Scrubber:
             for regex, anchor, before, after, literal in patterns
         )
         self._anchors = tuple(finder.anchor for finder in self._in_bytes)
+        # Whether a number may spell a secret: one is digits (and signs, points, exponents) only.
+        self.numeric = any(set(secret) <= set("0123456789+-.eE") for secret in self.secrets)
 
     def text(self, value: str) -> str:
         """`value` with every known secret and key-like string replaced."""

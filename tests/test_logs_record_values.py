@@ -13,7 +13,7 @@ from test_logs_units import TOOLS_BODY, make_call
 
 from gateway.config import LoggingSettings
 from gateway.logs import records
-from gateway.logs.fields import iso
+from gateway.logs.fields import hundredths, iso, rounded
 from gateway.logs.records import RecordBuilder
 from gateway.repair import ToolCallRepair
 
@@ -51,10 +51,25 @@ def test_iso_writes_what_datetime_writes() -> None:
         assert iso(ts) == exact(ts), ts
 
 
+def test_rounded_and_hundredths_write_what_round_writes() -> None:
+    """The response record's latency (`hundredths`) and the metrics' (`Call.latency_ms`, round()) agree."""
+    rng = random.Random(11)
+    values = [0.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999999999999994, 1e15 + 0.5, -(1e15 + 0.5)]
+    values += [rng.uniform(-1e6, 1e6) for _ in range(20_000)]
+    values += [rng.randrange(-999, 999) / 2 for _ in range(2_000)]
+    for value in values:
+        assert rounded(value) == round(value), value
+    for seconds in [rng.expovariate(10) for _ in range(20_000)] + [0.0, 0.000005, 0.000015, 0.000025]:
+        assert hundredths(seconds) == round(seconds * 100_000) / 100, seconds
+
+
 def test_iso_leaves_out_the_fraction_of_a_whole_second_as_datetime_does() -> None:
     assert iso(1_700_000_000.0) == "2023-11-14T22:13:20+00:00"
     assert iso(1_700_000_000.9999996) == "2023-11-14T22:13:21+00:00"  # rounded into the next second
     assert iso(1_700_000_000.25) == "2023-11-14T22:13:20.250000+00:00"
+
+
+NUMBERS_ONLY = {"prompt_tokens": 1, "completion_tokens": 2}
 
 
 def full_call() -> Any:
@@ -78,7 +93,7 @@ def full_call() -> Any:
                         "finish_reason": "tool_calls",
                     }
                 ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+                "usage": NUMBERS_ONLY,
             }
         )
     )
@@ -101,11 +116,36 @@ def test_every_field_is_made_by_the_gateway_or_searched_for_secrets(kind: str, c
     searched = builder.chosen(record)
     assert searched is not None
     for name, value in record.items():
-        if name in GATEWAY_MADE[kind]:
-            continue
+        if name in GATEWAY_MADE[kind] or (name == "tokens" and value == NUMBERS_ONLY):
+            continue  # a usage of numbers alone is not searched (the test below)
         assert value is not None and any(value is v for v in searched), f"{name} is not searched"
     if kind == "response":  # the optional fields are there, so they were tried too
         assert {"requested_model", "upstream_headers", "tool_calls_repaired", "tool_calls"} <= set(record)
+
+
+def test_a_usage_of_known_numbers_is_not_searched_and_any_other_usage_is() -> None:
+    builder = RecordBuilder(LoggingSettings())
+    call = full_call()
+    plain = [
+        {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "cost": 0.5, "is_byok": False},
+        {"input_tokens": 1, "cache_creation": {"ephemeral_5m_input_tokens": 0}, "cost_details": None},
+        {"prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": None}},
+    ]
+    other = [
+        {"prompt_tokens": 1, "service_tier": "standard"},  # a text
+        {"prompt_tokens": 1, "sk-proj-0123456789abcdefghij": 2},  # a name of the upstream's choosing
+        {"prompt_tokens_details": {"cached_tokens": {"deeper": 1}}},  # nested past the details
+        {"prompt_tokens_details": [1, 2]},
+        {"prompt_tokens": "12"},
+    ]
+    for usage, searched in [*((u, False) for u in plain), *((u, True) for u in other)]:
+        call.answer.usage = usage
+        record = builder.response(call, time.time())
+        assert any(v is record["tokens"] for v in builder.chosen(record) or ()) is searched, usage
+    builder.numbers_searched = True  # a known secret is digits only: numbers may spell it
+    call.answer.usage = plain[0]
+    record = builder.response(call, time.time())
+    assert any(v is record["tokens"] for v in builder.chosen(record) or ())
 
 
 def test_system_prompts_and_failed_records_are_searched_whole() -> None:

@@ -141,10 +141,10 @@ def the_call() -> Call:
 class Written:
     """A recorder whose batches are kept in memory (the disk is tested elsewhere)."""
 
-    def __init__(self, root: Path, capture: str, **settings: Any) -> None:
+    def __init__(self, root: Path, capture: str, secret: str = SECRET, **settings: Any) -> None:
         spool = Spool(root, max_age_s=300.0, chunk_max_bytes=1 << 20, max_bytes=1 << 30, host="h")
         builder = RecordBuilder(LoggingSettings(capture=capture, **settings))
-        self.recorder = LogRecorder(builder, spool, Scrubber([SECRET]), Metrics(), stdout=False)
+        self.recorder = LogRecorder(builder, spool, Scrubber([secret]), Metrics(), stdout=False)
         self.batches: list[bytes] = []
         spool.write = self.kept  # type: ignore[method-assign]
 
@@ -231,6 +231,17 @@ def test_the_request_and_response_of_a_clean_call_are_searched_and_left_alone(tm
     lines = Written(tmp_path, "summary").record(call)
     assert REDACTED.encode() not in b"".join(lines)
     assert [orjson.loads(line)["user_question"] for line in lines[:1]] == ["What is 2+3?"]
+
+
+def test_a_usage_of_numbers_is_searched_when_a_secret_is_a_number(tmp_path: Path) -> None:
+    """A usage of known names and numbers is not searched, unless a known secret is digits only."""
+    call = the_call()
+    call.answer.add_body(
+        orjson.dumps({"choices": [], "usage": {"prompt_tokens": 73194628, "total_tokens": 9}})
+    )
+    written = b"".join(Written(tmp_path, "summary", secret="73194628").record(call))
+    assert b"73194628" not in written and REDACTED.encode() in written
+    assert b"73194628" in b"".join(Written(tmp_path, "summary", secret="7319-xyz").record(call))
 
 
 def test_a_record_with_keys_that_are_not_text_is_written_and_searched_as_any_other(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def usage_cost(
     if not usage or not isinstance(usage, dict):
         return None, None
     reported = usage.get("cost")
-    if isinstance(reported, int | float) and not isinstance(reported, bool):
+    if isinstance(reported, (int, float)) and not isinstance(reported, bool):  # a tuple: no union to build
         return float(reported), "provider"
     price = prices.lookup(model)
     if price is None:

@@ -65,6 +65,7 @@ class LogRecorder:
         self.builder = builder
         self.spool = spool
         self.scrubber = scrubber
+        builder.numbers_searched = builder.numbers_searched or scrubber.numeric
         self.metrics = metrics
         self.uploader = uploader
         self.stdout = stdout

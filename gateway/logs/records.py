@@ -11,6 +11,7 @@ Building runs for every call, so it reads no more of a call than its fields need
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
@@ -30,6 +31,7 @@ from gateway.logs.fields import (
     REFUSED_CHARS,
     cap,
     clip,
+    hundredths,
     iso,
     text_of,
 )
@@ -72,10 +74,28 @@ _RESPONSE_TEXT_FIELDS: Final = (
 _REQUEST_STRUCTURES: Final = itemgetter("tool_results_this_turn")
 _FULL_REQUEST_STRUCTURES: Final = itemgetter("tool_results_this_turn", "messages")
 _RESPONSE_STRUCTURES: Final = itemgetter("tool_calls", "tokens", "upstream_headers", "tool_calls_repaired")
+_UNCOUNTED: Final = itemgetter("tool_calls", "upstream_headers", "tool_calls_repaired")  # all but `tokens`
+# The usage fields of OpenAI's APIs, OpenRouter's and Anthropic's. A usage object (`tokens`) holding only
+# these names, each with a number, true, false or null, or with an object of such fields (its details), holds
+# nothing a secret or a key-like string could be spelled in (unless a secret is digits only: see
+# `RecordBuilder.numbers_searched`), and is not searched: in most responses it is the bulk of what would be.
+_USAGE_NAMES: Final = frozenset(
+    {
+        *("prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"),
+        *("completion_tokens_details", "cached_tokens", "audio_tokens", "reasoning_tokens"),
+        *("accepted_prediction_tokens", "rejected_prediction_tokens", "cache_write_tokens", "cost"),
+        *("is_byok", "cost_details", "upstream_inference_cost", "upstream_inference_prompt_cost"),
+        *("upstream_inference_completions_cost", "input_tokens", "output_tokens", "input_tokens_details"),
+        *("output_tokens_details", "cache_creation_input_tokens", "cache_read_input_tokens"),
+        *("cache_creation", "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens", "server_tool_use"),
+        *("web_search_requests", "web_fetch_requests", "num_sources"),
+    }
+)
 
 # A response record starts as a copy of this template, every field in its place with the value a call that has
-# none of it gets (the builder fills in the rest): cheaper for CPython than a dict display of more than 16
-# entries (built as two dicts), or than a dict grown a key at a time.
+# none of it gets (the builder fills in the rest, and leaves what the usual call has as it is): cheaper for
+# CPython than a dict display of more than 16 entries (built as two dicts), or than a dict grown a key at a
+# time.
 _RESPONSE: Final[dict[str, Any]] = {
     "timestamp": None,
     "type": "response",
@@ -86,7 +106,7 @@ _RESPONSE: Final[dict[str, Any]] = {
     "origin": None,
     "key_name": None,
     "endpoint": None,
-    "stream": None,
+    "stream": False,
     "limited_by": None,
     "status": None,
     "latency_ms": None,
@@ -103,11 +123,11 @@ _RESPONSE: Final[dict[str, Any]] = {
     "tokens": None,
     "cost": None,
     "cost_source": None,
-    "truncated": None,
-    "unreadable_chunks": None,
+    "truncated": False,
+    "unreadable_chunks": 0,
     "error": None,
     "upstream_headers": None,
-    "client_disconnected": None,
+    "client_disconnected": False,
     "tool_calls_repaired": None,
 }
 
@@ -147,6 +167,8 @@ class RecordBuilder:
     settings: LoggingSettings
     prices: PriceTable = field(default_factory=PriceTable)
     prompt_ledger: PromptLedger = field(default_factory=PromptLedger)
+    # Usage objects of numbers are searched too: a known secret is digits only (`Scrubber.numeric`).
+    numbers_searched: bool = False
 
     def __post_init__(self) -> None:
         # Read for every record: plain attributes rather than looked up through the settings each time.
@@ -191,20 +213,32 @@ class RecordBuilder:
             texts.append(record.get("requested_model"))  # present only when a fallback answered
         if responses and not self._preview_searched:
             texts.append(None)  # a response's unsearched preview: a null in its place
-        return texts, [*map(self._request_structures, requests), *map(_RESPONSE_STRUCTURES, responses)]
+        structures = [*map(self._request_structures, requests)]
+        for record in responses:
+            usage = record["tokens"]
+            if usage is None or (not self.numbers_searched and _numbers_only(usage, True)):
+                structures.append(_UNCOUNTED(record))
+            else:
+                structures.append(_RESPONSE_STRUCTURES(record))
+        return texts, structures
 
     def request(self, call: Call) -> list[dict[str, Any]]:
         """The request record, preceded in `full` capture by any system prompt not stored before."""
-        body = call.body if isinstance(call.body, dict) else _NO_BODY
+        (
+            request_id, endpoint, label, wall_start, status, provider, key_name, session, client, origin,
+            requested_model, stream, limited_by, body, repaired,
+        ) = call.request_fields()  # fmt: skip
+        body = body if isinstance(body, dict) else _NO_BODY
         errors: list[str] = []
-        endpoint = call.endpoint
         if endpoint is _CHAT:  # the usual call, read at once: a dict's `get` cannot fail
             messages = body.get("messages")
             if not isinstance(messages, list):
                 messages = ()
         else:
             messages = messages_of(call, body, errors)
-        short = refused(call)  # a caller without a key may not fill the logs: little of what it sent is kept
+        # Refused for its key (`refused`): a caller without a key may not fill the logs, little of what it
+        # sent is kept.
+        short = status == 401 and provider is None
         names = REFUSED_CHARS if short else NAME_CHARS
         limit = REFUSED_CHARS if short else self._limit
         # The text of the first and of the last user message (a completion's prompt is both).
@@ -225,24 +259,23 @@ class RecordBuilder:
         else:
             results = self._tool_results(messages, errors)
         tools, thinking = body.get("tools"), body.get("enable_thinking")
-        session, client, origin = call.session_id, call.client, call.origin
         # A dict display of more than 16 entries costs CPython a second dict: the last fields are stored.
         record: dict[str, Any] = {
-            "timestamp": iso(call.wall_start),
+            "timestamp": iso(wall_start),
             "type": "request",
-            "request_id": call.request_id,
+            "request_id": request_id,
             "session_id": None if session is None else clip(session, names),
-            "provider": call.provider,
-            "model": clip(call.requested_model, names),
+            "provider": provider,
+            "model": clip(requested_model, names),
             "origin": None if origin is None else clip(origin, names if short else ORIGIN_CHARS),
-            "key_name": call.key_name,
-            "endpoint": endpoint.label,
-            "stream": call.stream,
-            "limited_by": call.limited_by,
+            "key_name": key_name,
+            "endpoint": label,
+            "stream": stream,
+            "limited_by": limited_by,
             "client": None if client is None else clip(client, names),
             "message_count": sum(map(isinstance, messages, _DICT)),
             "tools_count": len(tools) if isinstance(tools, list) else 0,
-            "tool_calls_repaired": call.tool_repair is not None,  # whether the answer will be checked
+            "tool_calls_repaired": repaired,  # whether the answer will be checked
             "enable_thinking": thinking if isinstance(thinking, bool) else None,
         }
         record["user_question"] = question
@@ -252,7 +285,7 @@ class RecordBuilder:
         if self.full and short:
             record["messages"] = record["system_prompt_sha256"] = None
         elif self.full:
-            prompts = self._add_messages(record, errors, messages, call.wall_start)
+            prompts = self._add_messages(record, errors, messages, wall_start)
         if errors:
             record["record_errors"] = errors
         return [*prompts, record] if prompts else [record]
@@ -318,30 +351,42 @@ class RecordBuilder:
 
     def response(self, call: Call, now: float) -> dict[str, Any]:
         """The response record: status, timings, the answer rebuilt, usage and cost."""
+        (
+            request_id, label, status, provider, key_name, session, origin, model, requested_model,
+            stream, limited_by, started, ended, first_byte, error, headers, disconnected, repair,
+        ) = call.response_fields()  # fmt: skip
         answer = call.answer  # its parts are text by construction: folding skips (and counts) any other shape
-        limit, usage = self._limit, answer.usage
-        short = refused(call)
+        (
+            content_parts, reasoning_parts, tool_parts, finish_reason, upstream_id, usage, answer_error,
+            truncated, bad_chunks,
+        ) = answer.record_fields()  # fmt: skip
+        limit = self._limit
+        short = status == 401 and provider is None  # `refused`
         names = REFUSED_CHARS if short else NAME_CHARS
-        content, reasoning = "".join(answer.content), "".join(answer.reasoning)
-        tool_calls = _capped_tools(answer.tool_call_list(), limit) if answer.tool_calls else []
-        session, origin, error = call.session_id, call.origin, call.error or answer.error
-        headers, repair = call.upstream_headers, call.tool_repair
+        content, reasoning = "".join(content_parts), "".join(reasoning_parts)
+        tool_calls = _capped_tools(answer.tool_call_list(), limit) if tool_parts else []
+        error = error or answer_error
         record = _RESPONSE.copy()  # every field in its place: each is filled in below
         record["timestamp"] = iso(now)
-        record["request_id"] = call.request_id
-        record["session_id"] = None if session is None else clip(session, names)
-        record["provider"] = call.provider
-        record["model"] = clip(call.model, names)
-        record["origin"] = None if origin is None else clip(origin, names if short else ORIGIN_CHARS)
-        record["key_name"] = call.key_name
-        record["endpoint"] = call.endpoint.label
-        record["stream"] = call.stream
-        record["limited_by"] = call.limited_by
-        record["status"] = call.status
-        record["latency_ms"] = call.latency_ms
-        record["ttft_ms"] = call.ttft_ms if call.stream else None
-        record["finish_reason"] = clip(answer.finish_reason, NAME_CHARS)
-        record["upstream_id"] = clip(answer.upstream_id, NAME_CHARS)
+        record["request_id"] = request_id
+        if session is not None:
+            record["session_id"] = clip(session, names)
+        record["provider"] = provider
+        record["model"] = clip(model, names)
+        if origin is not None:
+            record["origin"] = clip(origin, names if short else ORIGIN_CHARS)
+        record["key_name"] = key_name
+        record["endpoint"] = label
+        if stream:
+            record["stream"] = True
+            # `Call.ttft_ms`, and `Call.latency_ms` below, worked out here: compiled, several times quicker
+            record["ttft_ms"] = None if first_byte is None else hundredths(first_byte - started)
+        if limited_by is not None:
+            record["limited_by"] = limited_by
+        record["status"] = status
+        record["latency_ms"] = hundredths((time.perf_counter() if ended is None else ended) - started)
+        record["finish_reason"] = clip(finish_reason, NAME_CHARS)
+        record["upstream_id"] = clip(upstream_id, NAME_CHARS)
         if content:
             record["has_content"] = True
             record["content_preview"] = cap(content, self._preview)
@@ -356,20 +401,42 @@ class RecordBuilder:
         errors = None
         if usage:
             try:  # the usage is the upstream's, read as sent
-                record["cost"], record["cost_source"] = usage_cost(self.prices, call.model, usage)
+                record["cost"], record["cost_source"] = usage_cost(self.prices, model, usage)
             except Exception:
                 errors = ["cost"]  # USD and its source stay null
-        record["truncated"] = answer.truncated is True
-        record["unreadable_chunks"] = answer.bad_chunks
-        record["error"] = None if error is None else clip(error, ERROR_CHARS)
-        record["upstream_headers"] = _capped_headers(headers) if headers else None
-        record["client_disconnected"] = call.client_disconnected
-        record["tool_calls_repaired"] = None if repair is None else repair.report()
-        if call.requested_model and call.requested_model != call.model:
-            record["requested_model"] = clip(call.requested_model, names)
+        if truncated is True:
+            record["truncated"] = True
+        if bad_chunks:
+            record["unreadable_chunks"] = bad_chunks
+        if error is not None:
+            record["error"] = clip(error, ERROR_CHARS)
+        if headers:
+            record["upstream_headers"] = _capped_headers(headers)
+        if disconnected:
+            record["client_disconnected"] = True
+        if repair is not None:
+            record["tool_calls_repaired"] = repair.report()
+        if requested_model and requested_model != model:
+            record["requested_model"] = clip(requested_model, names)
         if errors:
             record["record_errors"] = errors
         return record
+
+
+def _numbers_only(usage: Any, nested: bool) -> bool:
+    """Whether `usage` holds only fields of _USAGE_NAMES with numbers (true, false, null) for values, or, when
+    `nested`, objects of such fields."""
+    if type(usage) is not dict:
+        return False
+    for name, value in usage.items():
+        if name not in _USAGE_NAMES:
+            return False
+        if type(value) is dict:
+            if not (nested and _numbers_only(value, False)):
+                return False
+        elif not (value is None or type(value) is int or type(value) is float or type(value) is bool):
+            return False
+    return True
 
 
 def _capped_tools(tool_calls: list[dict[str, str]], limit: int) -> list[dict[str, Any]]:
