@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import runpy
 import shutil
+import subprocess
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
@@ -53,3 +54,42 @@ def test_files_of_one_install_or_a_fresh_compile_pass(tmp_path: Path) -> None:
     so.unlink()  # a plain-Python install
     os.utime(source, (2_000_000, 2_000_000))
     native["check_built"]()
+
+
+PLAIN_TESTS = [
+    "tests/test_limits_hot_path.py",
+    "tests/test_limits_units.py",
+    "tests/test_logs_batching.py",
+    "tests/test_logs_hardening.py",
+    "tests/test_logs_record_values.py",
+    "tests/test_logs_units.py",
+    "tests/test_scrub_records.py",
+]
+
+
+def test_the_plain_python_build_passes_the_tests_of_the_compiled_modules(tmp_path: Path) -> None:
+    """Where no C compiler is at hand the install leaves the modules as Python: the tests of what they do pass
+    on that build too (a copy of the checkout without its compiled files)."""
+    root = Path(gateway.native.ROOT)
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout.split(
+        b"\0"
+    )
+    for name in filter(None, files):
+        relative = name.decode()
+        if relative.startswith(("gateway/", "providers/", "tests/", "scripts/")) or "/" not in relative:
+            target = tmp_path / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / relative, target)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = "import gateway.native as n; assert n.compiled() == [], n.compiled()"
+    subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PLAIN_TESTS],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

@@ -40,7 +40,6 @@ from gateway.prices import PriceTable
 from providers.base import Endpoint
 
 _NO_BODY: Final[dict[str, Any]] = {}  # the body of a call that has none, only ever read
-_DICT: Final = repeat(dict)  # `map(isinstance, messages, _DICT)`: endless, so one serves every call
 _SHA256: Final = repeat("content_sha256")
 _CHAT: Final = Endpoint.CHAT  # an enum's member is slow to look up
 _COMPLETIONS: Final = Endpoint.COMPLETIONS
@@ -71,8 +70,6 @@ _RESPONSE_TEXT_FIELDS: Final = (
     "reasoning_content",
     "error",
 )
-_REQUEST_STRUCTURES: Final = itemgetter("tool_results_this_turn")
-_FULL_REQUEST_STRUCTURES: Final = itemgetter("tool_results_this_turn", "messages")
 _RESPONSE_STRUCTURES: Final = itemgetter("tool_calls", "tokens", "upstream_headers", "tool_calls_repaired")
 _UNCOUNTED: Final = itemgetter("tool_calls", "upstream_headers", "tool_calls_repaired")  # all but `tokens`
 # The usage fields of OpenAI's APIs, OpenRouter's and Anthropic's. A usage object (`tokens`) holding only
@@ -183,7 +180,6 @@ class RecordBuilder:
             else itemgetter(*_RESPONSE_TEXT_FIELDS)
         )
         self._result_cap = self._limit if self.full else self._preview
-        self._request_structures = _FULL_REQUEST_STRUCTURES if self.full else _REQUEST_STRUCTURES
 
     def chosen(self, record: dict[str, Any]) -> tuple[Any, ...] | None:
         """The values in `record` a client or an upstream chose; None: the whole record is to be searched."""
@@ -205,21 +201,24 @@ class RecordBuilder:
     ) -> tuple[list[str | None], list[Any]]:
         """What `chosen` picks in many records at once: texts, structures."""
         texts: list[str | None] = []
+        structures: list[Any] = []
+        full = self.full
         for record in requests:
             texts += _REQUEST_TEXTS(record)
+            results = record["tool_results_this_turn"]
+            structures.append((results, record["messages"]) if full else results)
         response_texts = self._response_texts
+        numbers_searched = self.numbers_searched
         for record in responses:
             texts += response_texts(record)
             texts.append(record.get("requested_model"))  # present only when a fallback answered
-        if responses and not self._preview_searched:
-            texts.append(None)  # a response's unsearched preview: a null in its place
-        structures = [*map(self._request_structures, requests)]
-        for record in responses:
             usage = record["tokens"]
-            if usage is None or (not self.numbers_searched and _numbers_only(usage, True)):
+            if usage is None or (not numbers_searched and _numbers_only(usage, True)):
                 structures.append(_UNCOUNTED(record))
             else:
                 structures.append(_RESPONSE_STRUCTURES(record))
+        if responses and not self._preview_searched:
+            texts.append(None)  # a response's unsearched preview: a null in its place
         return texts, structures
 
     def request(self, call: Call) -> list[dict[str, Any]]:
@@ -273,7 +272,7 @@ class RecordBuilder:
             "stream": stream,
             "limited_by": limited_by,
             "client": None if client is None else clip(client, names),
-            "message_count": sum(map(isinstance, messages, _DICT)),
+            "message_count": _dicts(messages),
             "tools_count": len(tools) if isinstance(tools, list) else 0,
             "tool_calls_repaired": repaired,  # whether the answer will be checked
             "enable_thinking": thinking if isinstance(thinking, bool) else None,
@@ -421,6 +420,15 @@ class RecordBuilder:
         if errors:
             record["record_errors"] = errors
         return record
+
+
+def _dicts(messages: Sequence[Any]) -> int:
+    """How many of `messages` are objects (a loop, compiled: cheaper than `sum(map(isinstance, ...))`)."""
+    count = 0
+    for message in messages:
+        if isinstance(message, dict):
+            count += 1
+    return count
 
 
 def _numbers_only(usage: Any, nested: bool) -> bool:

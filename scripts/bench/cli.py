@@ -10,6 +10,7 @@ import math
 import os
 import platform
 import resource
+import runpy
 import shutil
 import subprocess
 import sys
@@ -112,9 +113,21 @@ def meta(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         "loadavg_before": loadavg(), "logging": args.logging,
         "core_speed_us_before": core_speed_us(args.gateway_cpu),
         "python": platform.python_version(), "aiohttp": aiohttp.__version__,
-        "commit": tree(args.gateway_root), "sizes": dataclasses.asdict(sizes),
+        "commit": tree(args.gateway_root), "compiled": compiled(args.gateway_root),
+        "sizes": dataclasses.asdict(sizes),
         "fd_limit_load": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }  # fmt: skip
+
+
+def compiled(root: Path) -> str:
+    """How many of the modules the build compiles (gateway/native.py) the tree holds compiled."""
+    native = root / "gateway" / "native.py"
+    if not native.exists():
+        return "plain Python (a tree from before the compiled modules)"
+    found = runpy.run_path(str(native))  # its paths are the tree's own
+    modules = found["MODULES"]
+    built = [m for m in modules if found["built"](m) is not None]
+    return f"{len(built)} of {len(modules)} modules compiled" + (" (plain Python)" if not built else "")
 
 
 def tree(root: Path) -> str:

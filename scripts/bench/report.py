@@ -123,7 +123,7 @@ def header(report: dict[str, Any]) -> list[str]:
     out = [
         f"open-llm-proxy bench ({m['commit']}): {m['cores']} cores; gateway and floor on CPU "
         f"{m['gateway_cpu']}, upstream and load on CPU {m['harness_cpu']}; logging={m['logging']}; "
-        f"medians of {s['rounds']} rounds",
+        f"medians of {s['rounds']} rounds; gateway build: {m.get('compiled', '-')}",
         f"load average before/after: {' '.join(m['loadavg_before'])} / {' '.join(m['loadavg_after'])}",
         f"core check, sum(range(1000)) on the gateway core before/after: {m['core_speed_us_before']:.1f} / "
         f"{m['core_speed_us_after']:.1f} us (lower is faster; compare runs only at similar values)",
