@@ -67,20 +67,48 @@ PLAIN_TESTS = [
 ]
 
 
+def copy_checkout(dest: Path) -> None:
+    """The checkout's files (as git lists them) without anything built: no compiled module, no virtualenv."""
+    root = Path(gateway.native.ROOT)
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    for name in filter(None, listed.split(b"\0")):
+        relative = name.decode()
+        if relative.startswith(("gateway/", "providers/", "tests/", "scripts/")) or "/" not in relative:
+            target = dest / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / relative, target)
+
+
+def environment(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **extra}
+
+
+@pytest.mark.parametrize("why", ["no C compiler", "OPEN_LLM_PROXY_PURE=1"])
+def test_a_build_that_cannot_or_may_not_compile_leaves_all_modules_python(tmp_path: Path, why: str) -> None:
+    copy_checkout(tmp_path)
+    env = environment(CC="false") if why == "no C compiler" else environment(OPEN_LLM_PROXY_PURE="1")
+    done = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not [p for p in tmp_path.rglob("*.so") if "build" not in p.parts]  # none, not some
+    if why == "no C compiler":
+        assert "compiling failed" in done.stderr and "built as plain Python" in done.stderr
+    probe = "import gateway.native as n; assert n.compiled() == [], n.compiled()"
+    subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=environment(), check=True)
+
+
 def test_the_plain_python_build_passes_the_tests_of_the_compiled_modules(tmp_path: Path) -> None:
     """Where no C compiler is at hand the install leaves the modules as Python: the tests of what they do pass
     on that build too (a copy of the checkout without its compiled files)."""
-    root = Path(gateway.native.ROOT)
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout.split(
-        b"\0"
-    )
-    for name in filter(None, files):
-        relative = name.decode()
-        if relative.startswith(("gateway/", "providers/", "tests/", "scripts/")) or "/" not in relative:
-            target = tmp_path / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / relative, target)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    copy_checkout(tmp_path)
+    env = environment()
     probe = "import gateway.native as n; assert n.compiled() == [], n.compiled()"
     subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True)
     done = subprocess.run(
