@@ -1,9 +1,10 @@
 """The modules that every call's limits and records run through, which the build compiles with mypyc.
 
 They stay ordinary, type-checked Python: `setup.py` hands them to mypyc when it and a C compiler are at hand,
-and each then imports as an extension module in place of its source, about twice as fast (see
-docs/BENCHMARKS.md). Without a compiler, or with `OPEN_LLM_PROXY_PURE=1` at install time, the package is
-plain Python and behaves the same; `/health` says which build answered (`details.compiled`).
+and each then imports as an extension module in place of its source. What the limits and the records cost a
+call falls by about two fifths (instructions per call, docs/BENCHMARKS.md). Without a compiler, or with
+`OPEN_LLM_PROXY_PURE=1` at install time, the package is plain Python and behaves the same; `/health` (with
+a key) lists what runs compiled under `compiled`.
 
 A compiled module is loaded in place of its source even after the source has changed. In a checkout
 installed with `pip install -e .`, importing the package therefore refuses a compiled module older than its
