@@ -57,9 +57,9 @@ def check_built() -> None:
     """Refuse to run compiled modules older than their source (an edited checkout not compiled again)."""
     stale = []
     for module in MODULES:
-        path = built(module)
-        if path is not None and source(module).stat().st_mtime > path.stat().st_mtime + STALE_AFTER_S:
-            stale.append(source(module).relative_to(ROOT).as_posix())
+        path, src = built(module), source(module)
+        if path is not None and src.stat().st_mtime > path.stat().st_mtime + STALE_AFTER_S:
+            stale.append(src.relative_to(ROOT).as_posix())
     if stale:
         raise ImportError(
             f"{', '.join(stale)} changed after being compiled: the compiled module would run instead of "

@@ -79,45 +79,41 @@ def copy_checkout(dest: Path) -> None:
             shutil.copy2(root / relative, target)
 
 
-def environment(**extra: str) -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **extra}
-
-
-@pytest.mark.parametrize("why", ["no C compiler", "OPEN_LLM_PROXY_PURE=1"])
-def test_a_build_that_cannot_or_may_not_compile_leaves_all_modules_python(tmp_path: Path, why: str) -> None:
-    copy_checkout(tmp_path)
-    env = environment(CC="false") if why == "no C compiler" else environment(OPEN_LLM_PROXY_PURE="1")
-    done = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--inplace"],
-        cwd=tmp_path,
-        env=env,
+def run_in(copy: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """This Python run in a copy of the checkout, importing the copy's package (PYTHONPATH left out)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=copy,
+        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env},
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
     )
+
+
+def assert_plain(copy: Path) -> None:
+    """The copy's package imports none of its modules compiled."""
+    probe = run_in(copy, "-c", "import gateway.native as n; assert n.compiled() == [], n.compiled()")
+    assert probe.returncode == 0, probe.stderr[-2000:]
+
+
+@pytest.mark.parametrize("why", ["no C compiler", "OPEN_LLM_PROXY_PURE=1"])
+def test_a_build_that_cannot_or_may_not_compile_leaves_all_modules_python(tmp_path: Path, why: str) -> None:
+    copy_checkout(tmp_path)
+    env = {"CC": "false"} if why == "no C compiler" else {"OPEN_LLM_PROXY_PURE": "1"}
+    done = run_in(tmp_path, "setup.py", "build_ext", "--inplace", **env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not [p for p in tmp_path.rglob("*.so") if "build" not in p.parts]  # none, not some
     if why == "no C compiler":
         assert "compiling failed" in done.stderr and "built as plain Python" in done.stderr
-    probe = "import gateway.native as n; assert n.compiled() == [], n.compiled()"
-    subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=environment(), check=True)
+    assert_plain(tmp_path)
 
 
 def test_the_plain_python_build_passes_the_tests_of_the_compiled_modules(tmp_path: Path) -> None:
     """Where no C compiler is at hand the install leaves the modules as Python: the tests of what they do pass
     on that build too (a copy of the checkout without its compiled files)."""
     copy_checkout(tmp_path)
-    env = environment()
-    probe = "import gateway.native as n; assert n.compiled() == [], n.compiled()"
-    subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PLAIN_TESTS],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    assert_plain(tmp_path)
+    done = run_in(tmp_path, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PLAIN_TESTS)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

@@ -131,7 +131,12 @@ _RESPONSE: Final[dict[str, Any]] = {
 
 def refused(call: Call) -> bool:
     """The call was turned away for its key, before it was routed."""
-    return call.status == 401 and call.provider is None
+    return turned_away(call.status, call.provider)
+
+
+def turned_away(status: int, provider: str | None) -> bool:
+    """`refused`, from the call's status and provider (the builders have read them already)."""
+    return status == 401 and provider is None
 
 
 def head(call: Call, kind: str, ts: float, model: str | None, short: bool | None = None) -> dict[str, Any]:
@@ -235,9 +240,7 @@ class RecordBuilder:
                 messages = ()
         else:
             messages = messages_of(call, body, errors)
-        # Refused for its key (`refused`): a caller without a key may not fill the logs, little of what it
-        # sent is kept.
-        short = status == 401 and provider is None
+        short = turned_away(status, provider)  # a caller without a key may not fill the logs: little is kept
         names = REFUSED_CHARS if short else NAME_CHARS
         limit = REFUSED_CHARS if short else self._limit
         # The text of the first and of the last user message (a completion's prompt is both).
@@ -360,7 +363,7 @@ class RecordBuilder:
             truncated, bad_chunks,
         ) = answer.record_fields()  # fmt: skip
         limit = self._limit
-        short = status == 401 and provider is None  # `refused`
+        short = turned_away(status, provider)
         names = REFUSED_CHARS if short else NAME_CHARS
         content, reasoning = "".join(content_parts), "".join(reasoning_parts)
         tool_calls = _capped_tools(answer.tool_call_list(), limit) if tool_parts else []
